@@ -113,6 +113,8 @@ int  dg_model_backward(dg_model_t *m);
 int  dg_model_zero_grad(dg_model_t *m);
 /* Logits of the last forward, rows (B*T, V), for tests (host copy). */
 int  dg_model_get_logits(dg_model_t *m, float *host);
+/* Per-position losses (B*T floats, host) of the last forward that had targets. */
+const float *dg_model_last_losses(const dg_model_t *m);
 
 /* ------------------------------------------------------------------------------------------
  * Cached (recurrent) inference. A state holds rho for every layer, (L, H, Nq, D) floats, plus

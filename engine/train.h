@@ -54,6 +54,11 @@ typedef struct {
     const int32_t         *tokens;       /* the encoded corpus (copied) */
     size_t                 n_tokens;
     const char            *resume_path;  /* a .dck to resume from, or NULL */
+    /* Optional fixed batch order (benchmarks against a peer): row r of micro-batch k of step s
+     * starts at offsets[((s * grad_accum) + k) * B + r] (mod n_offsets) of the train split
+     * instead of a random start. Copied. */
+    const int64_t         *offsets;
+    int64_t                n_offsets;
 } dg_trainer_spec;
 
 /* Creates the trainer: opens the backend, builds the model, initialises or resumes. On error

@@ -1,0 +1,953 @@
+/* engine/model.c -- the Dragon (BDH) model as explicit backend verb calls (llm.c style).
+ *
+ * Forward (MODEL.md §3.1), per layer l with shared weights:
+ *   x  = relu(v Wenc_h - thr)          (R, H*N)      R = B*T
+ *   q  = pos(x)                        (R, H*Nq)     (q = x for alibi)
+ *   a  = attn(q, v)                    (R, H*D)      strictly causal, decay / carried state
+ *   an = LN(a)                         rows of D
+ *   y  = relu(an_h Wencv_h - thr)      (R, H*N)
+ *   z  = dropout(x * y)                (R, H*N)
+ *   u  = LN(z Wdec)                    (R, D)
+ *   v' = LN(v + u)
+ * logits = v_L lm_head (or v_L embed^T when tied); loss = mean CE.
+ * The backward pass is hand written and mirrors the forward in reverse; every gradient verb
+ * accumulates, so scratch gradient buffers are zeroed before use.
+ *
+ * Memory: one buffer per storage class (params, grads, activations, gradient scratch), sized
+ * once in dg_model_alloc_train. With recompute (large configs), only each layer's input v and
+ * the final activations are kept; the backward pass re-runs one layer's forward into shared
+ * buffers before differentiating it.
+ * Thread affinity: the thread that owns the backend. */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+// ------------------------------------------------------------------------------------------
+// config
+
+void dg_model_config_default(dg_model_config *c) {
+    memset(c, 0, sizeof *c);
+    c->n_layer = 6;
+    c->n_embd = 256;
+    c->n_head = 4;
+    c->mlp_mult = 4;
+    c->vocab_size = 256;
+    c->dropout = 0.1f;
+    c->positional = DG_POS_ALIBI;
+    c->rope_theta = 65536.0f;
+    c->norm = DG_NORM_AFFINE;
+    c->norm_eps = 1e-5f;
+    c->relu_threshold = 0.0f;
+    c->init = DG_INIT_BURN_DRAGON;
+    c->init_std = 0.02f;
+    c->tie_embeddings = false;
+}
+
+#define CFG_FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return DG_ECONFIG; } while (0)
+
+int dg_model_config_validate(const dg_model_config *c, char *err, size_t errlen) {
+    if (c->n_layer < 1 || c->n_layer > 256) CFG_FAIL("n_layer: must be in [1, 256] (got %d)", c->n_layer);
+    if (c->n_embd < 1 || c->n_embd > 65536) CFG_FAIL("n_embd: must be in [1, 65536] (got %d)", c->n_embd);
+    if (c->n_head < 1 || c->n_head > DG_MAX_HEADS)
+        CFG_FAIL("n_head: must be in [1, %d] (got %d)", DG_MAX_HEADS, c->n_head);
+    if (c->mlp_mult < 1) CFG_FAIL("mlp_internal_dim_multiplier: must be >= 1 (got %d)", c->mlp_mult);
+    int64_t ntot = (int64_t)c->mlp_mult * c->n_embd;
+    if (ntot % c->n_head)
+        CFG_FAIL("n_head: must divide mlp_internal_dim_multiplier*n_embd (%lld)", (long long)ntot);
+    int64_t N = ntot / c->n_head;
+    if (c->positional == DG_POS_ROPE && N % 2)
+        CFG_FAIL("positional: rope needs an even latent size per head (N = %lld)", (long long)N);
+    if (c->vocab_size < 2 || c->vocab_size > (1 << 24))
+        CFG_FAIL("vocab_size: must be in [2, 16777216] (got %d)", c->vocab_size);
+    if (!(c->dropout >= 0 && c->dropout < 1)) CFG_FAIL("dropout: must be in [0, 1) (got %g)", c->dropout);
+    if (c->positional < DG_POS_ALIBI || c->positional > DG_POS_POPE)
+        CFG_FAIL("positional: must be alibi, rope or pope");
+    if (c->positional != DG_POS_ALIBI && !(c->rope_theta > 1))
+        CFG_FAIL("rope_theta: must be > 1 (got %g)", c->rope_theta);
+    if (c->n_alibi_slopes && c->n_alibi_slopes != c->n_head)
+        CFG_FAIL("alibi_slopes: must have n_head (%d) entries (got %d)", c->n_head, c->n_alibi_slopes);
+    for (int h = 0; h < c->n_alibi_slopes; h++)
+        if (!(c->alibi_slopes[h] >= 0) || !isfinite(c->alibi_slopes[h]))
+            CFG_FAIL("alibi_slopes: entries must be finite and >= 0 (entry %d is %g)", h, c->alibi_slopes[h]);
+    if (c->norm != DG_NORM_AFFINE && c->norm != DG_NORM_PLAIN)
+        CFG_FAIL("norm: must be layer_norm_affine or layer_norm");
+    if (!(c->norm_eps > 0)) CFG_FAIL("norm_eps: must be > 0 (got %g)", c->norm_eps);
+    if (!(c->relu_threshold >= 0) || !isfinite(c->relu_threshold))
+        CFG_FAIL("relu_threshold: must be finite and >= 0 (got %g)", c->relu_threshold);
+    if (c->init != DG_INIT_BURN_DRAGON && c->init != DG_INIT_NORMAL)
+        CFG_FAIL("init: must be burn_dragon or normal_0.02");
+    if (!(c->init_std > 0)) CFG_FAIL("init_std: must be > 0 (got %g)", c->init_std);
+    return 0;
+}
+
+int64_t dg_model_latent(const dg_model_config *c) {
+    return (int64_t)c->mlp_mult * c->n_embd / c->n_head;
+}
+int64_t dg_model_qdim(const dg_model_config *c) {
+    return dg_model_latent(c) * (c->positional == DG_POS_POPE ? 2 : 1);
+}
+
+void dg_model_gammas(const dg_model_config *c, float *out) {
+    for (int h = 0; h < c->n_head; h++) {
+        if (c->positional != DG_POS_ALIBI) { out[h] = 1.0f; continue; }
+        double m = c->n_alibi_slopes ? c->alibi_slopes[h] : pow(2.0, -(double)h / c->n_head);
+        out[h] = (float)exp(-m);
+    }
+}
+
+size_t dg_model_state_bytes(const dg_model_config *c) {
+    return (size_t)c->n_layer * c->n_head * dg_model_qdim(c) * c->n_embd * sizeof(float);
+}
+
+int64_t dg_model_param_layout(const dg_model_config *c, dg_param_info info[DG_P_COUNT]) {
+    int64_t V = c->vocab_size, D = c->n_embd, H = c->n_head, N = dg_model_latent(c);
+    bool aff = c->norm == DG_NORM_AFFINE;
+    struct { const char *name; int nd; int64_t s0, s1, s2; bool present; } t[DG_P_COUNT] = {
+        {"embed.weight", 2, V, D, 0, true},
+        {"norm.gamma", 1, D, 0, 0, aff},
+        {"norm.beta", 1, D, 0, 0, aff},
+        {"encoder", 3, H, D, N, true},
+        {"encoder_v", 3, H, D, N, true},
+        {"decoder", 2, H * N, D, 0, true},
+        {"lm_head", 2, D, V, 0, !c->tie_embeddings},
+    };
+    int64_t off = 0;
+    for (int i = 0; i < DG_P_COUNT; i++) {
+        info[i].name = t[i].name;
+        info[i].ndim = t[i].nd;
+        info[i].shape[0] = t[i].s0;
+        info[i].shape[1] = t[i].s1;
+        info[i].shape[2] = t[i].s2;
+        int64_t n = t[i].s0 * (t[i].nd > 1 ? t[i].s1 : 1) * (t[i].nd > 2 ? t[i].s2 : 1);
+        info[i].numel = t[i].present ? n : 0;
+        info[i].offset = (size_t)off;
+        off += info[i].numel;
+    }
+    return off;
+}
+
+int64_t dg_model_n_params(const dg_model_config *c) {
+    dg_param_info info[DG_P_COUNT];
+    return dg_model_param_layout(c, info);
+}
+
+// ------------------------------------------------------------------------------------------
+// model object
+
+/* One layer's forward activations. In store-all mode each layer has its own; with recompute all
+ * layers share one set (the backward pass re-creates it). Shapes with R = B*T rows. */
+typedef struct {
+    dg_tensor x;        /* (R, H*N)  relu(v Wenc - thr)                        */
+    dg_tensor q;        /* (R, H*Nq) pos(x); == x for alibi                    */
+    dg_tensor a;        /* (R, H*D)  attention output                          */
+    dg_tensor a_mean;   /* (R*H)                                               */
+    dg_tensor a_rstd;   /* (R*H)                                               */
+    dg_tensor an;       /* (R, H*D)  LN(a)                                     */
+    dg_tensor y;        /* (R, H*N)  relu(an Wencv - thr)                      */
+    dg_tensor u;        /* (R, D)    z Wdec (before LN)                        */
+    dg_tensor u_mean, u_rstd;   /* (R)                                         */
+    dg_tensor r;        /* (R, D)    v + LN(u)                                 */
+    dg_tensor r_mean, r_rstd;   /* (R)                                         */
+    dg_tensor rho;      /* (B, n_chunks, H, Nq, D) incoming state per chunk (chunked form) */
+} layer_acts;
+
+struct dg_model_s {
+    dg_backend_t   *be;
+    dg_model_config cfg;
+    int64_t         n_params;
+    dg_param_info   info[DG_P_COUNT];
+    float           gamma[DG_MAX_HEADS];
+    dg_buf_t       *params_buf;
+    dg_buf_t       *grads_buf;
+
+    /* training activations */
+    int         B, T, chunk, n_chunks;
+    bool        recompute;
+    dg_buf_t   *act_buf;
+    dg_buf_t   *scr_buf;            /* gradient scratch */
+    dg_tensor   tok, tgt;           /* (R) i32 */
+    dg_tensor   emb;                /* (R, D) embedding rows (LN input) */
+    dg_tensor   e_mean, e_rstd;     /* (R) */
+    dg_tensor  *v;                  /* [L+1] (R, D): v[0] = LN(emb), v[l+1] = layer l output */
+    layer_acts *acts;               /* [L] */
+    dg_tensor   logits, dlogits;    /* (R, V) */
+    dg_tensor   losses;             /* (R) */
+    /* gradient scratch */
+    dg_tensor   dv, dv2, dr, du;    /* (R, D) */
+    dg_tensor   dx, dy, dz;         /* (R, H*N) */
+    dg_tensor   dq;                 /* (R, H*Nq) rope/pope only */
+    dg_tensor   da, da2;            /* (R, H*D) */
+    dg_tensor   drho, drho2;        /* (H, Nq, D) chunk state gradients */
+    bool        have_fwd;           /* last forward kept activations for backward */
+    uint64_t    seed;               /* dropout seed of the last forward */
+    float      *host_loss;          /* (R) */
+};
+
+#define RC(x) do { int rc__ = (x); if (rc__) return rc__; } while (0)
+
+int dg_model_create(dg_backend_t *be, const dg_model_config *c, dg_model_t **out) {
+    char err[256];
+    int rc = dg_model_config_validate(c, err, sizeof err);
+    if (rc) { DG_ERROR("model config: %s", err); return rc; }
+    dg_model_t *m = dg_calloc(1, sizeof *m);
+    m->be = be;
+    m->cfg = *c;
+    m->n_params = dg_model_param_layout(c, m->info);
+    dg_model_gammas(c, m->gamma);
+    rc = dg_buf_alloc(be, (size_t)m->n_params * 4, &m->params_buf);
+    if (rc) { dg_free(m); return rc; }
+    *out = m;
+    return 0;
+}
+
+static void free_train(dg_model_t *m) {
+    dg_buf_free(m->be, m->act_buf);
+    dg_buf_free(m->be, m->scr_buf);
+    dg_free(m->v);
+    dg_free(m->acts);
+    dg_free(m->host_loss);
+    m->act_buf = m->scr_buf = NULL;
+    m->v = NULL;
+    m->acts = NULL;
+    m->host_loss = NULL;
+    m->B = m->T = 0;
+}
+
+void dg_model_free(dg_model_t *m) {
+    if (!m) return;
+    free_train(m);
+    dg_buf_free(m->be, m->grads_buf);
+    dg_buf_free(m->be, m->params_buf);
+    dg_free(m);
+}
+
+const dg_model_config *dg_model_config_of(const dg_model_t *m) { return &m->cfg; }
+dg_backend_t *dg_model_backend(const dg_model_t *m) { return m->be; }
+
+dg_tensor dg_model_params(dg_model_t *m) { return dg_t1(m->params_buf, 0, m->n_params); }
+dg_tensor dg_model_grads(dg_model_t *m) {
+    DG_ASSERT(m->grads_buf);
+    return dg_t1(m->grads_buf, 0, m->n_params);
+}
+
+static dg_tensor ptensor(dg_model_t *m, dg_buf_t *buf, int which) {
+    const dg_param_info *p = &m->info[which];
+    if (!p->numel) return dg_t_null();
+    if (p->ndim == 2) return dg_t2(buf, p->offset * 4, p->shape[0], p->shape[1]);
+    if (p->ndim == 3) return dg_t3(buf, p->offset * 4, p->shape[0], p->shape[1], p->shape[2]);
+    return dg_t1(buf, p->offset * 4, p->numel);
+}
+dg_tensor dg_model_param(dg_model_t *m, int which) { return ptensor(m, m->params_buf, which); }
+
+int dg_model_get_params(dg_model_t *m, float *host) { return dg_get(m->be, host, dg_model_params(m)); }
+int dg_model_set_params(dg_model_t *m, const float *host) { return dg_set(m->be, dg_model_params(m), host); }
+
+// ------------------------------------------------------------------------------------------
+// initialisation (MODEL.md §2.2)
+
+/* Heavy-tailed log-normal neuron gains: g = min(exp(z), 4), z ~ N(0, 0.75^2), RMS-normalised. */
+static void lognormal_gains(dg_rng *r, float *g, int64_t n) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double v = exp(0.75 * dg_rng_normal(r));
+        g[i] = (float)(v > 4.0 ? 4.0 : v);
+        ss += (double)g[i] * g[i];
+    }
+    double rms = sqrt(ss / (double)n);
+    for (int64_t i = 0; i < n; i++) g[i] = (float)(g[i] / rms);
+}
+
+int dg_model_init_params(dg_model_t *m, uint64_t seed) {
+    const dg_model_config *c = &m->cfg;
+    float *p = dg_try_malloc((size_t)m->n_params * 4);
+    if (!p) return DG_ENOMEM;
+    dg_rng r;
+    dg_rng_seed(&r, seed);
+    int64_t H = c->n_head, D = c->n_embd, N = dg_model_latent(c);
+    bool bd = c->init == DG_INIT_BURN_DRAGON;
+    float std0 = c->init_std;
+    float stdr = bd ? std0 / sqrtf((float)c->n_layer) : std0;   /* depth-scaled residual std */
+    for (int w = 0; w < DG_P_COUNT; w++) {
+        const dg_param_info *pi = &m->info[w];
+        float *t = p + pi->offset;
+        if (!pi->numel) continue;
+        if (w == DG_P_GAMMA) { for (int64_t i = 0; i < pi->numel; i++) t[i] = 1.0f; continue; }
+        if (w == DG_P_BETA) { memset(t, 0, (size_t)pi->numel * 4); continue; }
+        bool resid = w == DG_P_ENCODER || w == DG_P_ENCODER_V || w == DG_P_DECODER;
+        float sd = resid ? stdr : std0;
+        for (int64_t i = 0; i < pi->numel; i++) t[i] = sd * dg_rng_normal(&r);
+        if (!bd || !resid) continue;
+        /* gains: encoder/encoder_v scale column (h, n) of each head's D x N matrix;
+         * decoder scales row h*N+n. */
+        int64_t ng = H * N;
+        float *g = dg_malloc((size_t)ng * 4);
+        lognormal_gains(&r, g, ng);
+        if (w == DG_P_DECODER) {
+            for (int64_t row = 0; row < ng; row++)
+                for (int64_t d = 0; d < D; d++) t[row * D + d] *= g[row];
+        } else {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t d = 0; d < D; d++)
+                    for (int64_t n = 0; n < N; n++) t[(h * D + d) * N + n] *= g[h * N + n];
+        }
+        dg_free(g);
+    }
+    int rc = dg_set(m->be, dg_model_params(m), p);
+    dg_free(p);
+    return rc;
+}
+
+// ------------------------------------------------------------------------------------------
+// activation memory
+
+/* A bump allocator over byte offsets: first pass measures, second pass hands out views. */
+typedef struct { dg_buf_t *buf; size_t off; } bump;
+
+static size_t bump_take(bump *b, size_t nbytes) {
+    size_t o = b->off;
+    b->off += (nbytes + 255) & ~(size_t)255;
+    return o;
+}
+static dg_tensor bump_t(bump *b, int64_t rows, int64_t cols) {
+    size_t o = bump_take(b, (size_t)(rows * cols) * 4);
+    if (!b->buf) { dg_tensor t = {0}; t.ne[0] = cols; t.ne[1] = rows; t.ne[2] = t.ne[3] = 1; return t; }
+    return dg_t2(b->buf, o, rows, cols);
+}
+static dg_tensor bump_i32(bump *b, int64_t n) {
+    size_t o = bump_take(b, (size_t)n * 4);
+    if (!b->buf) { dg_tensor t = {0}; t.ne[0] = n; t.ne[1] = t.ne[2] = t.ne[3] = 1; t.type = DG_DTYPE_I32; return t; }
+    return dg_t_i32(b->buf, o, n);
+}
+
+static void lay_out_acts(dg_model_t *m, bump *A, bump *S) {
+    const dg_model_config *c = &m->cfg;
+    int64_t R = (int64_t)m->B * m->T, D = c->n_embd, H = c->n_head, N = dg_model_latent(c);
+    int64_t Nq = dg_model_qdim(c), V = c->vocab_size, L = c->n_layer;
+    bool rot = c->positional != DG_POS_ALIBI;
+    m->tok = bump_i32(A, R);
+    m->tgt = bump_i32(A, R);
+    m->emb = bump_t(A, R, D);
+    m->e_mean = bump_t(A, 1, R);
+    m->e_rstd = bump_t(A, 1, R);
+    for (int64_t l = 0; l <= L; l++) m->v[l] = bump_t(A, R, D);
+    for (int64_t l = 0; l < L; l++) {
+        layer_acts *a = &m->acts[l];
+        if (m->recompute && l > 0) {
+            /* share the big buffers of layer 0, keep nothing else */
+            layer_acts keep = m->acts[0];
+            *a = keep;
+            continue;
+        }
+        a->x = bump_t(A, R, H * N);
+        a->q = rot ? bump_t(A, R, H * Nq) : a->x;
+        a->a = bump_t(A, R, H * D);
+        a->a_mean = bump_t(A, 1, R * H);
+        a->a_rstd = bump_t(A, 1, R * H);
+        a->an = bump_t(A, R, H * D);
+        a->y = bump_t(A, R, H * N);
+        a->u = bump_t(A, R, D);
+        a->u_mean = bump_t(A, 1, R);
+        a->u_rstd = bump_t(A, 1, R);
+        a->r = bump_t(A, R, D);
+        a->r_mean = bump_t(A, 1, R);
+        a->r_rstd = bump_t(A, 1, R);
+        if (m->n_chunks > 1) a->rho = bump_t(A, (int64_t)m->B * m->n_chunks * H * Nq, D);
+        else a->rho = dg_t_null();
+    }
+    m->logits = bump_t(A, R, V);
+    m->dlogits = bump_t(A, R, V);
+    m->losses = bump_t(A, 1, R);
+    m->dv = bump_t(S, R, D);
+    m->dv2 = bump_t(S, R, D);
+    m->dr = bump_t(S, R, D);
+    m->du = bump_t(S, R, D);
+    m->dx = bump_t(S, R, H * N);
+    m->dy = bump_t(S, R, H * N);
+    m->dz = bump_t(S, R, H * N);
+    m->dq = rot ? bump_t(S, R, H * Nq) : dg_t_null();
+    m->da = bump_t(S, R, H * D);
+    m->da2 = bump_t(S, R, H * D);
+    if (m->n_chunks > 1) {
+        m->drho = bump_t(S, H * Nq, D);
+        m->drho2 = bump_t(S, H * Nq, D);
+    } else {
+        m->drho = m->drho2 = dg_t_null();
+    }
+}
+
+int dg_model_alloc_train(dg_model_t *m, int B, int T, int chunk) {
+    DG_ASSERT(B >= 1 && T >= 1);
+    free_train(m);
+    if (!m->grads_buf) RC(dg_buf_alloc(m->be, (size_t)m->n_params * 4, &m->grads_buf));
+    m->B = B;
+    m->T = T;
+    m->chunk = (chunk > 0 && chunk < T) ? chunk : T;
+    m->n_chunks = (T + m->chunk - 1) / m->chunk;
+    /* Keep every layer's activations unless they would exceed ~2 GiB; then recompute. */
+    const dg_model_config *c = &m->cfg;
+    double per_layer = (double)B * T * (3.0 * c->mlp_mult * c->n_embd + 2.0 * c->n_head * c->n_embd) * 4;
+    m->recompute = per_layer * c->n_layer > 2.0 * 1024 * 1024 * 1024 && c->n_layer > 1;
+    m->v = dg_calloc((size_t)c->n_layer + 1, sizeof *m->v);
+    m->acts = dg_calloc((size_t)c->n_layer, sizeof *m->acts);
+    bump A = {0}, S = {0};
+    lay_out_acts(m, &A, &S);                        /* measure */
+    int rc = dg_buf_alloc(m->be, A.off, &m->act_buf);
+    if (!rc) rc = dg_buf_alloc(m->be, S.off, &m->scr_buf);
+    if (rc) { free_train(m); return rc; }
+    A = (bump){m->act_buf, 0};
+    S = (bump){m->scr_buf, 0};
+    lay_out_acts(m, &A, &S);                        /* hand out views */
+    m->host_loss = dg_malloc((size_t)B * T * 4);
+    m->have_fwd = false;
+    return 0;
+}
+
+int dg_model_zero_grad(dg_model_t *m) { return dg_fill(m->be, dg_model_grads(m), 0.0f); }
+
+// ------------------------------------------------------------------------------------------
+// forward
+
+static uint64_t layer_seed(uint64_t seed, int l) {
+    uint64_t z = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(l + 1));
+    z = (z ^ (z >> 31)) * 0x9E3779B97F4A7C15ull;
+    return z ^ (z >> 29);
+}
+
+/* x_h = v W_h for every head h: W is (H, D, N); out (R, H*N) with head h in columns h*N.. */
+static int proj_heads(dg_backend_t *be, dg_tensor out, dg_tensor in, int64_t in_ld,
+                      int64_t in_bstride, dg_tensor W, int64_t R, int64_t D, int64_t H, int64_t N) {
+    dg_gemm_desc g = {0};
+    g.M = R; g.N = N; g.K = D; g.batch = H;
+    g.A = dg_m(in, R, D, in_ld);   g.A.bstride = in_bstride;
+    g.B = dg_m(W, D, N, N);        g.B.bstride = D * N;
+    g.C = dg_m(out, R, N, H * N);  g.C.bstride = N;
+    g.alpha = 1; g.beta = 0;
+    return dg_gemm(be, &g);
+}
+
+/* out (R, D) = in (R, K) W (K, D), beta 0 or 1 */
+static int matmul(dg_backend_t *be, dg_tensor out, dg_tensor in, dg_tensor W, int64_t R,
+                  int64_t K, int64_t Dn, bool transW, float beta) {
+    dg_gemm_desc g = {0};
+    g.M = R; g.N = Dn; g.K = K; g.batch = 1;
+    g.A = dg_m(in, R, K, K);
+    g.B = transW ? dg_m_t(dg_m(W, Dn, K, K)) : dg_m(W, K, Dn, Dn);
+    g.C = dg_m(out, R, Dn, Dn);
+    g.alpha = 1; g.beta = beta;
+    return dg_gemm(be, &g);
+}
+
+/* dW (K, Dn) += in^T (K, R) dout (R, Dn) */
+static int matmul_dw(dg_backend_t *be, dg_tensor dW, dg_tensor in, dg_tensor dout, int64_t R,
+                     int64_t K, int64_t Dn) {
+    dg_gemm_desc g = {0};
+    g.M = K; g.N = Dn; g.K = R; g.batch = 1;
+    g.A = dg_m_t(dg_m(in, R, K, K));
+    g.B = dg_m(dout, R, Dn, Dn);
+    g.C = dg_m(dW, K, Dn, Dn);
+    g.alpha = 1; g.beta = 1;
+    return dg_gemm(be, &g);
+}
+
+static dg_tensor norm_g(dg_model_t *m) { return dg_model_param(m, DG_P_GAMMA); }
+static dg_tensor norm_b(dg_model_t *m) { return dg_model_param(m, DG_P_BETA); }
+
+/* Attention over the whole block: one call, or chunk by chunk per batch row with the state
+ * carried (and stored for the backward pass). pos0 are per-row start positions. */
+static int attn_block(dg_model_t *m, layer_acts *a, dg_tensor vin, int B, int T) {
+    const dg_model_config *c = &m->cfg;
+    int64_t H = c->n_head, D = c->n_embd, Nq = dg_model_qdim(c);
+    if (m->n_chunks <= 1)
+        return dg_attn_fwd(m->be, dg_t4(a->a.buf, a->a.offs, B, T, H, D), dg_t_null(),
+                           dg_t4(a->q.buf, a->q.offs, B, T, H, Nq),
+                           dg_t3(vin.buf, vin.offs, B, T, D), dg_t_null(), m->gamma);
+    int64_t C = m->chunk, nch = m->n_chunks, st = H * Nq * D;
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t k = 0; k < nch; k++) {
+            int64_t t0 = k * C, n = (t0 + C <= T) ? C : T - t0, r0 = b * T + t0;
+            dg_tensor q = dg_t4(a->q.buf, a->q.offs + (size_t)(r0 * H * Nq) * 4, 1, n, H, Nq);
+            dg_tensor v = dg_t3(vin.buf, vin.offs + (size_t)(r0 * D) * 4, 1, n, D);
+            dg_tensor o = dg_t4(a->a.buf, a->a.offs + (size_t)(r0 * H * D) * 4, 1, n, H, D);
+            size_t base = a->rho.offs + (size_t)((b * nch) * st) * 4;
+            dg_tensor rin = k ? dg_t4(a->rho.buf, base + (size_t)(k * st) * 4, 1, H, Nq, D) : dg_t_null();
+            dg_tensor rout = k + 1 < nch ? dg_t4(a->rho.buf, base + (size_t)((k + 1) * st) * 4, 1, H, Nq, D)
+                                         : dg_t_null();
+            RC(dg_attn_fwd(m->be, o, rout, q, v, rin, m->gamma));
+        }
+    }
+    return 0;
+}
+
+/* One layer's forward from vin (R, D) into a, writing vout (R, D). */
+static int layer_fwd(dg_model_t *m, int l, layer_acts *a, dg_tensor vin, dg_tensor vout,
+                     const int64_t *pos0, float p, uint64_t seed, dg_tensor z) {
+    const dg_model_config *c = &m->cfg;
+    dg_backend_t *be = m->be;
+    int B = m->B, T = m->T;
+    int64_t R = (int64_t)B * T, D = c->n_embd, H = c->n_head, N = dg_model_latent(c);
+    float thr = c->relu_threshold, eps = c->norm_eps;
+    RC(proj_heads(be, a->x, vin, D, 0, dg_model_param(m, DG_P_ENCODER), R, D, H, N));
+    RC(dg_relu_fwd(be, a->x, a->x, thr));
+    if (c->positional != DG_POS_ALIBI)
+        RC(dg_pos_fwd(be, dg_t4(a->q.buf, a->q.offs, B, T, H, dg_model_qdim(c)),
+                      dg_t4(a->x.buf, a->x.offs, B, T, H, N), pos0, c->positional, c->rope_theta));
+    RC(attn_block(m, a, vin, B, T));
+    dg_tensor a_rows = dg_t2(a->a.buf, a->a.offs, R * H, D);
+    dg_tensor an_rows = dg_t2(a->an.buf, a->an.offs, R * H, D);
+    RC(dg_layernorm_fwd(be, an_rows, a->a_mean, a->a_rstd, a_rows, norm_g(m), norm_b(m), eps));
+    RC(proj_heads(be, a->y, a->an, H * D, D, dg_model_param(m, DG_P_ENCODER_V), R, D, H, N));
+    RC(dg_relu_fwd(be, a->y, a->y, thr));
+    RC(dg_gate_fwd(be, z, a->x, a->y, p, layer_seed(seed, l)));
+    RC(matmul(be, a->u, z, dg_model_param(m, DG_P_DECODER), R, H * N, D, false, 0));
+    RC(dg_layernorm_fwd(be, a->r, a->u_mean, a->u_rstd, a->u, norm_g(m), norm_b(m), eps));
+    RC(dg_add(be, a->r, a->r, vin));
+    RC(dg_layernorm_fwd(be, vout, a->r_mean, a->r_rstd, a->r, norm_g(m), norm_b(m), eps));
+    return 0;
+}
+
+int dg_model_forward(dg_model_t *m, const int32_t *tokens, const int32_t *targets, bool train,
+                     uint64_t dropout_seed, float *loss) {
+    DG_ASSERT(m->act_buf && "call dg_model_alloc_train first");
+    const dg_model_config *c = &m->cfg;
+    dg_backend_t *be = m->be;
+    int64_t R = (int64_t)m->B * m->T, D = c->n_embd, V = c->vocab_size, L = c->n_layer;
+    m->have_fwd = false;
+    RC(dg_set(be, m->tok, tokens));
+    RC(dg_embed_fwd(be, m->emb, m->tok, dg_model_param(m, DG_P_EMBED)));
+    RC(dg_layernorm_fwd(be, m->v[0], m->e_mean, m->e_rstd, m->emb, norm_g(m), norm_b(m), c->norm_eps));
+    int64_t *pos0 = dg_calloc((size_t)m->B, sizeof *pos0);
+    float p = train ? c->dropout : 0.0f;
+    int rc = 0;
+    for (int64_t l = 0; l < L && !rc; l++)
+        rc = layer_fwd(m, (int)l, &m->acts[l], m->v[l], m->v[l + 1], pos0, p, dropout_seed, m->dz);
+    dg_free(pos0);
+    RC(rc);
+    if (c->tie_embeddings)
+        RC(matmul(be, m->logits, m->v[L], dg_model_param(m, DG_P_EMBED), R, D, V, true, 0));
+    else
+        RC(matmul(be, m->logits, m->v[L], dg_model_param(m, DG_P_LM_HEAD), R, D, V, false, 0));
+    m->seed = dropout_seed;
+    if (!targets) return 0;
+    RC(dg_set(be, m->tgt, targets));
+    RC(dg_xent(be, m->losses, dg_t_null(), m->logits, m->tgt, 0));
+    RC(dg_get(be, m->host_loss, m->losses));
+    double s = 0;
+    for (int64_t i = 0; i < R; i++) s += m->host_loss[i];
+    *loss = (float)(s / (double)R);
+    m->have_fwd = train;
+    return 0;
+}
+
+int dg_model_get_logits(dg_model_t *m, float *host) { return dg_get(m->be, host, m->logits); }
+const float *dg_model_last_losses(const dg_model_t *m) { return m->host_loss; }
+
+// ------------------------------------------------------------------------------------------
+// backward
+
+static int attn_block_bwd(dg_model_t *m, layer_acts *a, dg_tensor vin, dg_tensor dq, dg_tensor dv,
+                          dg_tensor dout) {
+    const dg_model_config *c = &m->cfg;
+    int B = m->B, T = m->T;
+    int64_t H = c->n_head, D = c->n_embd, Nq = dg_model_qdim(c);
+    if (m->n_chunks <= 1)
+        return dg_attn_bwd(m->be, dg_t4(dq.buf, dq.offs, B, T, H, Nq), dg_t3(dv.buf, dv.offs, B, T, D),
+                           dg_t_null(), dg_t4(dout.buf, dout.offs, B, T, H, D), dg_t_null(),
+                           dg_t4(a->q.buf, a->q.offs, B, T, H, Nq), dg_t3(vin.buf, vin.offs, B, T, D),
+                           dg_t_null(), m->gamma);
+    int64_t C = m->chunk, nch = m->n_chunks, st = H * Nq * D;
+    for (int64_t b = 0; b < B; b++) {
+        dg_tensor g_out = dg_t4(m->drho.buf, m->drho.offs, 1, H, Nq, D);   /* d rho_out of chunk */
+        dg_tensor g_in = dg_t4(m->drho2.buf, m->drho2.offs, 1, H, Nq, D);  /* d rho_in of chunk  */
+        RC(dg_fill(m->be, g_out, 0));
+        for (int64_t k = nch - 1; k >= 0; k--) {
+            int64_t t0 = k * C, n = (t0 + C <= T) ? C : T - t0, r0 = b * T + t0;
+            size_t qo = (size_t)(r0 * H * Nq) * 4, vo = (size_t)(r0 * D) * 4, oo = (size_t)(r0 * H * D) * 4;
+            size_t base = a->rho.offs + (size_t)((b * nch) * st) * 4;
+            dg_tensor rin = k ? dg_t4(a->rho.buf, base + (size_t)(k * st) * 4, 1, H, Nq, D) : dg_t_null();
+            if (k) RC(dg_fill(m->be, g_in, 0));
+            RC(dg_attn_bwd(m->be, dg_t4(dq.buf, dq.offs + qo, 1, n, H, Nq), dg_t3(dv.buf, dv.offs + vo, 1, n, D),
+                           k ? g_in : dg_t_null(), dg_t4(dout.buf, dout.offs + oo, 1, n, H, D),
+                           k + 1 < nch ? g_out : dg_t_null(), dg_t4(a->q.buf, a->q.offs + qo, 1, n, H, Nq),
+                           dg_t3(vin.buf, vin.offs + vo, 1, n, D), rin, m->gamma));
+            dg_tensor t = g_out; g_out = g_in; g_in = t;
+        }
+    }
+    return 0;
+}
+
+/* Backward of layer l: dvout (R, D) is the gradient w.r.t. the layer output; writes the gradient
+ * w.r.t. the layer input into dvin (R, D). */
+static int layer_bwd(dg_model_t *m, int l, layer_acts *a, dg_tensor vin, dg_tensor dvout,
+                     dg_tensor dvin, const int64_t *pos0) {
+    const dg_model_config *c = &m->cfg;
+    dg_backend_t *be = m->be;
+    int64_t R = (int64_t)m->B * m->T, D = c->n_embd, H = c->n_head, N = dg_model_latent(c);
+    float p = c->dropout;
+    uint64_t seed = layer_seed(m->seed, l);
+    dg_tensor gam = norm_g(m);
+    dg_tensor dgam = ptensor(m, m->grads_buf, DG_P_GAMMA), dbet = ptensor(m, m->grads_buf, DG_P_BETA);
+    dg_tensor Wenc = dg_model_param(m, DG_P_ENCODER), Wencv = dg_model_param(m, DG_P_ENCODER_V);
+    dg_tensor Wdec = dg_model_param(m, DG_P_DECODER);
+    dg_tensor dWenc = ptensor(m, m->grads_buf, DG_P_ENCODER);
+    dg_tensor dWencv = ptensor(m, m->grads_buf, DG_P_ENCODER_V);
+    dg_tensor dWdec = ptensor(m, m->grads_buf, DG_P_DECODER);
+
+    /* vout = LN(r) */
+    RC(dg_fill(be, m->dr, 0));
+    RC(dg_layernorm_bwd(be, m->dr, dgam, dbet, dvout, a->r, a->r_mean, a->r_rstd, gam));
+    RC(dg_copy(be, dvin, m->dr));                        /* residual path */
+    /* r = v + LN(u) */
+    RC(dg_fill(be, m->du, 0));
+    RC(dg_layernorm_bwd(be, m->du, dgam, dbet, m->dr, a->u, a->u_mean, a->u_rstd, gam));
+    /* u = z Wdec: z is recomputed into dy (free until gate_bwd) */
+    RC(dg_gate_fwd(be, m->dy, a->x, a->y, p, seed));
+    RC(matmul_dw(be, dWdec, m->dy, m->du, R, H * N, D));
+    RC(matmul(be, m->dz, m->du, Wdec, R, D, H * N, true, 0));
+    /* z = dropout(x * y) */
+    RC(dg_fill(be, m->dx, 0));
+    RC(dg_fill(be, m->dy, 0));
+    RC(dg_gate_bwd(be, m->dx, m->dy, m->dz, a->x, a->y, p, seed));
+    /* y = relu(an Wencv - thr): dz <- dy * (y > 0) */
+    RC(dg_fill(be, m->dz, 0));
+    RC(dg_relu_bwd(be, m->dz, m->dy, a->y));
+    {   /* da_n (R, H*D) = dy_h Wencv_h^T ; dWencv_h += an_h^T dy_h */
+        dg_gemm_desc g = {0};
+        g.M = R; g.N = D; g.K = N; g.batch = H;
+        g.A = dg_m(m->dz, R, N, H * N);             g.A.bstride = N;
+        g.B = dg_m_t(dg_m(Wencv, D, N, N));         g.B.bstride = D * N;
+        g.C = dg_m(m->da, R, D, H * D);             g.C.bstride = D;
+        g.alpha = 1; g.beta = 0;
+        RC(dg_gemm(be, &g));
+        dg_gemm_desc w = {0};
+        w.M = D; w.N = N; w.K = R; w.batch = H;
+        w.A = dg_m_t(dg_m(a->an, R, D, H * D));     w.A.bstride = D;
+        w.B = dg_m(m->dz, R, N, H * N);             w.B.bstride = N;
+        w.C = dg_m(dWencv, D, N, N);                w.C.bstride = D * N;
+        w.alpha = 1; w.beta = 1;
+        RC(dg_gemm(be, &w));
+    }
+    /* an = LN(a) */
+    RC(dg_fill(be, m->da2, 0));
+    RC(dg_layernorm_bwd(be, dg_t2(m->da2.buf, m->da2.offs, R * H, D), dgam, dbet,
+                        dg_t2(m->da.buf, m->da.offs, R * H, D), dg_t2(a->a.buf, a->a.offs, R * H, D),
+                        a->a_mean, a->a_rstd, gam));
+    /* a = attn(q, v): dv accumulates into dvin; dq into dx (alibi) or dq then pos_bwd */
+    if (c->positional == DG_POS_ALIBI) {
+        RC(attn_block_bwd(m, a, vin, m->dx, dvin, m->da2));
+    } else {
+        RC(dg_fill(be, m->dq, 0));
+        RC(attn_block_bwd(m, a, vin, m->dq, dvin, m->da2));
+        RC(dg_pos_bwd(be, dg_t4(m->dx.buf, m->dx.offs, m->B, m->T, H, N),
+                      dg_t4(m->dq.buf, m->dq.offs, m->B, m->T, H, dg_model_qdim(c)),
+                      dg_t4(a->x.buf, a->x.offs, m->B, m->T, H, N), pos0, c->positional, c->rope_theta));
+    }
+    /* x = relu(v Wenc - thr) */
+    RC(dg_fill(be, m->dz, 0));
+    RC(dg_relu_bwd(be, m->dz, m->dx, a->x));
+    for (int64_t h = 0; h < H; h++) {   /* dvin += dx_h Wenc_h^T, one head at a time (same C) */
+        dg_gemm_desc g = {0};
+        g.M = R; g.N = D; g.K = N; g.batch = 1;
+        g.A = dg_m(m->dz, R, N, H * N);  g.A.offs += (size_t)(h * N) * 4;
+        g.B = dg_m_t(dg_m(Wenc, D, N, N)); g.B.offs += (size_t)(h * D * N) * 4;
+        g.C = dg_m(dvin, R, D, D);
+        g.alpha = 1; g.beta = 1;
+        RC(dg_gemm(be, &g));
+    }
+    {
+        dg_gemm_desc w = {0};
+        w.M = D; w.N = N; w.K = R; w.batch = H;
+        w.A = dg_m_t(dg_m(vin, R, D, D));           w.A.bstride = 0;
+        w.B = dg_m(m->dz, R, N, H * N);             w.B.bstride = N;
+        w.C = dg_m(dWenc, D, N, N);                 w.C.bstride = D * N;
+        w.alpha = 1; w.beta = 1;
+        RC(dg_gemm(be, &w));
+    }
+    return 0;
+}
+
+int dg_model_backward(dg_model_t *m) {
+    DG_ASSERT(m->have_fwd && "backward needs a training forward with targets");
+    const dg_model_config *c = &m->cfg;
+    dg_backend_t *be = m->be;
+    int64_t R = (int64_t)m->B * m->T, D = c->n_embd, V = c->vocab_size, L = c->n_layer;
+    /* loss = mean CE: dlogits = (softmax - onehot) / R */
+    RC(dg_fill(be, m->dlogits, 0));
+    RC(dg_xent(be, m->losses, m->dlogits, m->logits, m->tgt, 1.0f / (float)R));
+    dg_tensor dv = m->dv, dv2 = m->dv2;
+    if (c->tie_embeddings) {
+        RC(matmul(be, dv, m->dlogits, dg_model_param(m, DG_P_EMBED), R, V, D, false, 0));
+        RC(matmul_dw(be, ptensor(m, m->grads_buf, DG_P_EMBED), m->dlogits, m->v[L], R, V, D));
+    } else {
+        RC(matmul(be, dv, m->dlogits, dg_model_param(m, DG_P_LM_HEAD), R, V, D, true, 0));
+        RC(matmul_dw(be, ptensor(m, m->grads_buf, DG_P_LM_HEAD), m->v[L], m->dlogits, R, D, V));
+    }
+    int64_t *pos0 = dg_calloc((size_t)m->B, sizeof *pos0);
+    int rc = 0;
+    for (int64_t l = L - 1; l >= 0 && !rc; l--) {
+        if (m->recompute) {
+            /* re-create layer l's activations; the output lands in a scratch row block (dv2
+             * is free here) because v[l+1] is still needed by nobody but must stay intact */
+            rc = layer_fwd(m, (int)l, &m->acts[l], m->v[l], dv2, pos0, c->dropout, m->seed, m->dz);
+            if (rc) break;
+        }
+        rc = layer_bwd(m, (int)l, &m->acts[l], m->v[l], dv, dv2, pos0);
+        dg_tensor t = dv; dv = dv2; dv2 = t;
+    }
+    dg_free(pos0);
+    RC(rc);
+    /* v0 = LN(emb) */
+    RC(dg_fill(be, dv2, 0));
+    RC(dg_layernorm_bwd(be, dv2, ptensor(m, m->grads_buf, DG_P_GAMMA), ptensor(m, m->grads_buf, DG_P_BETA),
+                        dv, m->emb, m->e_mean, m->e_rstd, norm_g(m)));
+    RC(dg_embed_bwd(be, ptensor(m, m->grads_buf, DG_P_EMBED), dv2, m->tok));
+    return 0;
+}
+
+// ------------------------------------------------------------------------------------------
+// cached inference: states
+
+struct dg_state_s {
+    dg_model_t *m;
+    dg_buf_t   *buf;      /* (L, H, Nq, D) */
+    int64_t     pos;
+};
+
+int dg_state_create(dg_model_t *m, dg_state_t **out) {
+    dg_state_t *s = dg_calloc(1, sizeof *s);
+    s->m = m;
+    int rc = dg_buf_alloc(m->be, dg_model_state_bytes(&m->cfg), &s->buf);
+    if (!rc) rc = dg_state_reset(s);
+    if (rc) { dg_buf_free(m->be, s->buf); dg_free(s); return rc; }
+    *out = s;
+    return 0;
+}
+
+void dg_state_free(dg_state_t *s) {
+    if (!s) return;
+    dg_buf_free(s->m->be, s->buf);
+    dg_free(s);
+}
+
+static dg_tensor state_all(const dg_state_t *s) {
+    return dg_t1(s->buf, 0, (int64_t)(dg_model_state_bytes(&s->m->cfg) / 4));
+}
+static dg_tensor state_layer(const dg_state_t *s, int l, int64_t B1) {
+    const dg_model_config *c = &s->m->cfg;
+    int64_t H = c->n_head, Nq = dg_model_qdim(c), D = c->n_embd;
+    return dg_t4(s->buf, (size_t)(l * H * Nq * D) * 4, B1, H, Nq, D);
+}
+
+int dg_state_reset(dg_state_t *s) { s->pos = 0; return dg_fill(s->m->be, state_all(s), 0); }
+int dg_state_copy(dg_state_t *dst, const dg_state_t *src) {
+    DG_ASSERT(dst->m == src->m);
+    dst->pos = src->pos;
+    return dg_copy(dst->m->be, state_all(dst), state_all(src));
+}
+int64_t dg_state_pos(const dg_state_t *s) { return s->pos; }
+size_t  dg_state_bytes(const dg_state_t *s) { return dg_model_state_bytes(&s->m->cfg); }
+int dg_state_get(const dg_state_t *s, float *host, int64_t *pos) {
+    if (pos) *pos = s->pos;
+    return dg_get(s->m->be, host, state_all(s));
+}
+int dg_state_set(dg_state_t *s, const float *host, int64_t pos) {
+    s->pos = pos;
+    return dg_set(s->m->be, state_all(s), host);
+}
+
+// ------------------------------------------------------------------------------------------
+// cached inference: prefill and steps
+
+struct dg_infer_s {
+    dg_model_t *m;
+    int         max_B, max_T;
+    dg_buf_t   *buf;
+    dg_tensor   tok;            /* (max(maxB, maxT)) i32 */
+    dg_tensor   emb, e_mean, e_rstd, v0, v1;
+    layer_acts  a;              /* sized for max(maxB, maxT) rows */
+    dg_tensor   z;              /* (rows, H*N) */
+    dg_tensor   rho_tmp;        /* (H, Nq, D) prefill state out */
+    dg_tensor   logits;         /* (rows, V) */
+    dg_tensor  *rho_views;      /* [max_B] */
+};
+
+static void lay_out_infer(dg_infer_t *ix, bump *A) {
+    const dg_model_config *c = &ix->m->cfg;
+    int64_t R = ix->max_B > ix->max_T ? ix->max_B : ix->max_T;
+    int64_t D = c->n_embd, H = c->n_head, N = dg_model_latent(c), Nq = dg_model_qdim(c);
+    bool rot = c->positional != DG_POS_ALIBI;
+    ix->tok = bump_i32(A, R);
+    ix->emb = bump_t(A, R, D);
+    ix->e_mean = bump_t(A, 1, R);
+    ix->e_rstd = bump_t(A, 1, R);
+    ix->v0 = bump_t(A, R, D);
+    ix->v1 = bump_t(A, R, D);
+    layer_acts *a = &ix->a;
+    a->x = bump_t(A, R, H * N);
+    a->q = rot ? bump_t(A, R, H * Nq) : a->x;
+    a->a = bump_t(A, R, H * D);
+    a->a_mean = bump_t(A, 1, R * H);
+    a->a_rstd = bump_t(A, 1, R * H);
+    a->an = bump_t(A, R, H * D);
+    a->y = bump_t(A, R, H * N);
+    a->u = bump_t(A, R, D);
+    a->u_mean = bump_t(A, 1, R);
+    a->u_rstd = bump_t(A, 1, R);
+    a->r = bump_t(A, R, D);
+    a->r_mean = bump_t(A, 1, R);
+    a->r_rstd = bump_t(A, 1, R);
+    a->rho = dg_t_null();
+    ix->z = bump_t(A, R, H * N);
+    ix->rho_tmp = bump_t(A, H * Nq, D);
+    ix->logits = bump_t(A, R, c->vocab_size);
+}
+
+int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
+    DG_ASSERT(max_B >= 1 && max_T >= 1);
+    dg_infer_t *ix = dg_calloc(1, sizeof *ix);
+    ix->m = m;
+    ix->max_B = max_B;
+    ix->max_T = max_T;
+    bump A = {0};
+    lay_out_infer(ix, &A);
+    int rc = dg_buf_alloc(m->be, A.off, &ix->buf);
+    if (rc) { dg_free(ix); return rc; }
+    A = (bump){ix->buf, 0};
+    lay_out_infer(ix, &A);
+    ix->rho_views = dg_calloc((size_t)max_B, sizeof *ix->rho_views);
+    *out = ix;
+    return 0;
+}
+
+void dg_infer_free(dg_infer_t *ix) {
+    if (!ix) return;
+    dg_buf_free(ix->m->be, ix->buf);
+    dg_free(ix->rho_views);
+    dg_free(ix);
+}
+
+static dg_tensor rows(dg_tensor t, int64_t n) { return dg_t2(t.buf, t.offs, n, t.ne[0]); }
+
+/* Everything of a layer but the attention, for n rows; attention output already in a->a. */
+static int infer_layer_rest(dg_infer_t *ix, int64_t n, dg_tensor vin, dg_tensor vout) {
+    dg_model_t *m = ix->m;
+    const dg_model_config *c = &m->cfg;
+    dg_backend_t *be = m->be;
+    int64_t D = c->n_embd, H = c->n_head, N = dg_model_latent(c);
+    float thr = c->relu_threshold, eps = c->norm_eps;
+    layer_acts *a = &ix->a;
+    RC(dg_layernorm_fwd(be, rows(dg_t2(a->an.buf, a->an.offs, 1, D), n * H),
+                        dg_t1(a->a_mean.buf, a->a_mean.offs, n * H), dg_t1(a->a_rstd.buf, a->a_rstd.offs, n * H),
+                        rows(dg_t2(a->a.buf, a->a.offs, 1, D), n * H), norm_g(m), norm_b(m), eps));
+    dg_tensor y = rows(a->y, n), x = rows(a->x, n), z = rows(ix->z, n);
+    RC(proj_heads(be, y, a->an, H * D, D, dg_model_param(m, DG_P_ENCODER_V), n, D, H, N));
+    RC(dg_relu_fwd(be, y, y, thr));
+    RC(dg_gate_fwd(be, z, x, y, 0.0f, 0));
+    dg_tensor u = rows(a->u, n), r = rows(a->r, n);
+    dg_tensor um = dg_t1(a->u_mean.buf, a->u_mean.offs, n), us = dg_t1(a->u_rstd.buf, a->u_rstd.offs, n);
+    dg_tensor rm = dg_t1(a->r_mean.buf, a->r_mean.offs, n), rs = dg_t1(a->r_rstd.buf, a->r_rstd.offs, n);
+    RC(matmul(be, u, z, dg_model_param(m, DG_P_DECODER), n, H * N, D, false, 0));
+    RC(dg_layernorm_fwd(be, r, um, us, u, norm_g(m), norm_b(m), eps));
+    RC(dg_add(be, r, r, vin));
+    RC(dg_layernorm_fwd(be, vout, rm, rs, r, norm_g(m), norm_b(m), eps));
+    return 0;
+}
+
+/* Embedding + first LN + x projection + positional for n rows (B sequences of T tokens). */
+static int infer_embed(dg_infer_t *ix, const int32_t *tokens, int64_t n, dg_tensor vout) {
+    dg_model_t *m = ix->m;
+    const dg_model_config *c = &m->cfg;
+    int64_t V = c->vocab_size;
+    for (int64_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V) {
+            DG_ERROR("token id %d out of range [0, %lld)", tokens[i], (long long)V);
+            return DG_EINVAL;
+        }
+    dg_tensor tok = dg_t_i32(ix->tok.buf, ix->tok.offs, n);
+    RC(dg_set(m->be, tok, tokens));
+    RC(dg_embed_fwd(m->be, rows(ix->emb, n), tok, dg_model_param(m, DG_P_EMBED)));
+    return dg_layernorm_fwd(m->be, vout, dg_t1(ix->e_mean.buf, ix->e_mean.offs, n),
+                            dg_t1(ix->e_rstd.buf, ix->e_rstd.offs, n), rows(ix->emb, n),
+                            norm_g(m), norm_b(m), c->norm_eps);
+}
+
+static int infer_x(dg_infer_t *ix, dg_tensor vin, int64_t B, int64_t T, const int64_t *pos0) {
+    dg_model_t *m = ix->m;
+    const dg_model_config *c = &m->cfg;
+    int64_t n = B * T, D = c->n_embd, H = c->n_head, N = dg_model_latent(c);
+    layer_acts *a = &ix->a;
+    dg_tensor x = rows(a->x, n);
+    RC(proj_heads(m->be, x, vin, D, 0, dg_model_param(m, DG_P_ENCODER), n, D, H, N));
+    RC(dg_relu_fwd(m->be, x, x, c->relu_threshold));
+    if (c->positional != DG_POS_ALIBI)
+        RC(dg_pos_fwd(m->be, dg_t4(a->q.buf, a->q.offs, B, T, H, dg_model_qdim(c)),
+                      dg_t4(a->x.buf, a->x.offs, B, T, H, N), pos0, c->positional, c->rope_theta));
+    return 0;
+}
+
+static int infer_logits(dg_infer_t *ix, dg_tensor v, int64_t n, float *host) {
+    dg_model_t *m = ix->m;
+    const dg_model_config *c = &m->cfg;
+    int64_t D = c->n_embd, V = c->vocab_size;
+    dg_tensor lg = rows(ix->logits, n);
+    if (c->tie_embeddings) RC(matmul(m->be, lg, v, dg_model_param(m, DG_P_EMBED), n, D, V, true, 0));
+    else RC(matmul(m->be, lg, v, dg_model_param(m, DG_P_LM_HEAD), n, D, V, false, 0));
+    return dg_get(m->be, host, lg);
+}
+
+int dg_infer_prefill(dg_infer_t *ix, dg_state_t *s, const int32_t *tokens, int n,
+                     float *logits_out) {
+    dg_model_t *m = ix->m;
+    DG_ASSERT(s->m == m);
+    if (n <= 0) return DG_EINVAL;
+    const dg_model_config *c = &m->cfg;
+    int64_t D = c->n_embd, H = c->n_head, Nq = dg_model_qdim(c);
+    for (int off = 0; off < n; off += ix->max_T) {
+        int64_t T = n - off < ix->max_T ? n - off : ix->max_T;
+        dg_tensor v = rows(ix->v0, T), v2 = rows(ix->v1, T);
+        RC(infer_embed(ix, tokens + off, T, v));
+        int64_t pos0 = s->pos;
+        for (int l = 0; l < c->n_layer; l++) {
+            RC(infer_x(ix, v, 1, T, &pos0));
+            dg_tensor rin = state_layer(s, l, 1);
+            dg_tensor rout = dg_t4(ix->rho_tmp.buf, ix->rho_tmp.offs, 1, H, Nq, D);
+            RC(dg_attn_fwd(m->be, dg_t4(ix->a.a.buf, ix->a.a.offs, 1, T, H, D), rout,
+                           dg_t4(ix->a.q.buf, ix->a.q.offs, 1, T, H, Nq), dg_t3(v.buf, v.offs, 1, T, D),
+                           rin, m->gamma));
+            RC(dg_copy(m->be, rin, rout));
+            RC(infer_layer_rest(ix, T, v, v2));
+            dg_tensor t = v; v = v2; v2 = t;
+        }
+        s->pos += T;
+        if (off + T >= n && logits_out)
+            RC(infer_logits(ix, dg_t2(v.buf, v.offs + (size_t)((T - 1) * D) * 4, 1, D), 1, logits_out));
+    }
+    return 0;
+}
+
+int dg_infer_step(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tokens,
+                  float *logits_out) {
+    dg_model_t *m = ix->m;
+    DG_ASSERT(B >= 1 && B <= ix->max_B);
+    const dg_model_config *c = &m->cfg;
+    int64_t D = c->n_embd, H = c->n_head, Nq = dg_model_qdim(c);
+    int64_t *pos0 = dg_malloc((size_t)B * sizeof *pos0);
+    for (int b = 0; b < B; b++) { DG_ASSERT(states[b]->m == m); pos0[b] = states[b]->pos; }
+    dg_tensor v = rows(ix->v0, B), v2 = rows(ix->v1, B);
+    int rc = infer_embed(ix, tokens, B, v);
+    for (int l = 0; l < c->n_layer && !rc; l++) {
+        rc = infer_x(ix, v, B, 1, pos0);
+        if (rc) break;
+        for (int b = 0; b < B; b++) ix->rho_views[b] = state_layer(states[b], l, 1);
+        rc = dg_attn_step(m->be, B, ix->rho_views, dg_t3(ix->a.a.buf, ix->a.a.offs, B, H, D),
+                          dg_t3(ix->a.q.buf, ix->a.q.offs, B, H, Nq), dg_t2(v.buf, v.offs, B, D), m->gamma);
+        if (rc) break;
+        rc = infer_layer_rest(ix, B, v, v2);
+        dg_tensor t = v; v = v2; v2 = t;
+    }
+    dg_free(pos0);
+    RC(rc);
+    for (int b = 0; b < B; b++) states[b]->pos++;
+    return logits_out ? infer_logits(ix, v, B, logits_out) : 0;
+}
