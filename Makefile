@@ -20,7 +20,7 @@ USE_VULKAN ?= auto
 WERROR     ?= $(if $(CI),-Werror,)
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
-           -Wno-missing-field-initializers
+           -Wno-missing-field-initializers -Wno-format-truncation
 OPT     := $(if $(filter 1,$(DEBUG)),-O0 -g,-O3 -g -march=x86-64-v3 -mtune=generic)
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(WERROR) -fno-strict-aliasing -pthread \
            -I. -Iengine -Ikernels/common $(shell pkg-config --cflags jansson libuv 2>/dev/null)

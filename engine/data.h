@@ -17,7 +17,8 @@ typedef struct {
     size_t   n_train;     /* tokens [0, n_train) are train, [n_train, n_tokens) validation */
 } dg_dataset;
 
-/* Split tokens (takes ownership of tokens, allocated with dg_malloc). T is the block length:
+/* Split tokens (takes ownership of tokens, allocated with dg_malloc; on error they are freed
+ * too). T is the block length:
  * DG_EDATA with a message in err if the train split has fewer than T+1 tokens. */
 int  dg_dataset_init(dg_dataset *ds, int32_t *tokens, size_t n, double train_frac, int T,
                      char *err, size_t errlen);
