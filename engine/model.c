@@ -183,6 +183,7 @@ struct dg_model_s {
     bool        have_fwd;           /* last forward kept activations for backward */
     uint64_t    seed;               /* dropout seed of the last forward */
     float      *host_loss;          /* (R) */
+    int64_t    *pos0;               /* (B) start positions, all 0 for training blocks */
 };
 
 #define RC(x) do { int rc__ = (x); if (rc__) return rc__; } while (0)
@@ -208,6 +209,8 @@ static void free_train(dg_model_t *m) {
     dg_free(m->v);
     dg_free(m->acts);
     dg_free(m->host_loss);
+    dg_free(m->pos0);
+    m->pos0 = NULL;
     m->act_buf = m->scr_buf = NULL;
     m->v = NULL;
     m->acts = NULL;
@@ -400,6 +403,7 @@ int dg_model_alloc_train(dg_model_t *m, int B, int T, int chunk) {
     S = (bump){m->scr_buf, 0};
     lay_out_acts(m, &A, &S);                        /* hand out views */
     m->host_loss = dg_malloc((size_t)B * T * 4);
+    m->pos0 = dg_calloc((size_t)B, sizeof *m->pos0);
     m->have_fwd = false;
     return 0;
 }
@@ -517,13 +521,9 @@ int dg_model_forward(dg_model_t *m, const int32_t *tokens, const int32_t *target
     RC(dg_set(be, m->tok, tokens));
     RC(dg_embed_fwd(be, m->emb, m->tok, dg_model_param(m, DG_P_EMBED)));
     RC(dg_layernorm_fwd(be, m->v[0], m->e_mean, m->e_rstd, m->emb, norm_g(m), norm_b(m), c->norm_eps));
-    int64_t *pos0 = dg_calloc((size_t)m->B, sizeof *pos0);
     float p = train ? c->dropout : 0.0f;
-    int rc = 0;
-    for (int64_t l = 0; l < L && !rc; l++)
-        rc = layer_fwd(m, (int)l, &m->acts[l], m->v[l], m->v[l + 1], pos0, p, dropout_seed, m->dz);
-    dg_free(pos0);
-    RC(rc);
+    for (int64_t l = 0; l < L; l++)
+        RC(layer_fwd(m, (int)l, &m->acts[l], m->v[l], m->v[l + 1], m->pos0, p, dropout_seed, m->dz));
     if (c->tie_embeddings)
         RC(matmul(be, m->logits, m->v[L], dg_model_param(m, DG_P_EMBED), R, D, V, true, 0));
     else
@@ -683,20 +683,13 @@ int dg_model_backward(dg_model_t *m) {
         RC(matmul(be, dv, m->dlogits, dg_model_param(m, DG_P_LM_HEAD), R, V, D, true, 0));
         RC(matmul_dw(be, ptensor(m, m->grads_buf, DG_P_LM_HEAD), m->v[L], m->dlogits, R, D, V));
     }
-    int64_t *pos0 = dg_calloc((size_t)m->B, sizeof *pos0);
-    int rc = 0;
-    for (int64_t l = L - 1; l >= 0 && !rc; l--) {
-        if (m->recompute) {
-            /* re-create layer l's activations; the output lands in a scratch row block (dv2
-             * is free here) because v[l+1] is still needed by nobody but must stay intact */
-            rc = layer_fwd(m, (int)l, &m->acts[l], m->v[l], dv2, pos0, c->dropout, m->seed, m->dz);
-            if (rc) break;
-        }
-        rc = layer_bwd(m, (int)l, &m->acts[l], m->v[l], dv, dv2, pos0);
+    for (int64_t l = L - 1; l >= 0; l--) {
+        if (m->recompute)   /* re-create layer l's activations; its output goes to dv2, which
+                             * layer_bwd overwrites first thing (v[l+1] stays intact) */
+            RC(layer_fwd(m, (int)l, &m->acts[l], m->v[l], dv2, m->pos0, c->dropout, m->seed, m->dz));
+        RC(layer_bwd(m, (int)l, &m->acts[l], m->v[l], dv, dv2, m->pos0));
         dg_tensor t = dv; dv = dv2; dv2 = t;
     }
-    dg_free(pos0);
-    RC(rc);
     /* v0 = LN(emb) */
     RC(dg_fill(be, dv2, 0));
     RC(dg_layernorm_bwd(be, dv2, ptensor(m, m->grads_buf, DG_P_GAMMA), ptensor(m, m->grads_buf, DG_P_BETA),
@@ -770,6 +763,7 @@ struct dg_infer_s {
     dg_tensor   rho_tmp;        /* (H, Nq, D) prefill state out */
     dg_tensor   logits;         /* (rows, V) */
     dg_tensor  *rho_views;      /* [max_B] */
+    int64_t    *pos0;           /* [max_B] */
 };
 
 static void lay_out_infer(dg_infer_t *ix, bump *A) {
@@ -816,6 +810,7 @@ int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
     A = (bump){ix->buf, 0};
     lay_out_infer(ix, &A);
     ix->rho_views = dg_calloc((size_t)max_B, sizeof *ix->rho_views);
+    ix->pos0 = dg_calloc((size_t)max_B, sizeof *ix->pos0);
     *out = ix;
     return 0;
 }
@@ -824,6 +819,7 @@ void dg_infer_free(dg_infer_t *ix) {
     if (!ix) return;
     dg_buf_free(ix->m->be, ix->buf);
     dg_free(ix->rho_views);
+    dg_free(ix->pos0);
     dg_free(ix);
 }
 
@@ -932,7 +928,7 @@ int dg_infer_step(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tok
     DG_ASSERT(B >= 1 && B <= ix->max_B);
     const dg_model_config *c = &m->cfg;
     int64_t D = c->n_embd, H = c->n_head, Nq = dg_model_qdim(c);
-    int64_t *pos0 = dg_malloc((size_t)B * sizeof *pos0);
+    int64_t *pos0 = ix->pos0;
     for (int b = 0; b < B; b++) { DG_ASSERT(states[b]->m == m); pos0[b] = states[b]->pos; }
     dg_tensor v = rows(ix->v0, B), v2 = rows(ix->v1, B);
     int rc = infer_embed(ix, tokens, B, v);
@@ -946,7 +942,6 @@ int dg_infer_step(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tok
         rc = infer_layer_rest(ix, B, v, v2);
         dg_tensor t = v; v = v2; v2 = t;
     }
-    dg_free(pos0);
     RC(rc);
     for (int b = 0; b < B; b++) states[b]->pos++;
     return logits_out ? infer_logits(ix, v, B, logits_out) : 0;
