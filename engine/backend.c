@@ -269,3 +269,15 @@ int dg_attn_step(dg_backend_t *be, int B, const dg_tensor *rho, dg_tensor out, d
     for (int b = 0; b < B; b++) { F32(rho[b]); DG_ASSERT(dg_nelem(rho[b]) == H * Nq * D); }
     return be->iface->attn_step(be, B, rho, out, q, v, gamma);
 }
+
+bool dg_has_attn_step_lazy(const dg_backend_t *be) { return be->iface->attn_step_lazy != NULL; }
+
+int dg_attn_step_lazy(dg_backend_t *be, int B, const dg_tensor *rho, float *scale, dg_tensor out,
+                      dg_tensor q, dg_tensor v, const float *gamma) {
+    BE_OK(be); F32(out); F32(q); F32(v); DG_ASSERT(B >= 1 && rho && gamma && scale);
+    DG_ASSERT(be->iface->attn_step_lazy);
+    int64_t Nq = q.ne[0], H = q.ne[1], D = v.ne[0];
+    DG_ASSERT(dg_nelem(q) == B * H * Nq && dg_nelem(v) == B * D && dg_nelem(out) == B * H * D);
+    for (int b = 0; b < B; b++) { F32(rho[b]); DG_ASSERT(dg_nelem(rho[b]) == H * Nq * D); }
+    return be->iface->attn_step_lazy(be, B, rho, scale, out, q, v, gamma);
+}

@@ -200,7 +200,20 @@ struct dg_backend_iface_s {
      * for the decay, which must be applied to every row when g_h != 1. */
     int  (*attn_step)(dg_backend_t *be, int B, const dg_tensor *rho, dg_tensor out, dg_tensor q,
                       dg_tensor v, const float *gamma);
+
+    /* ---- optional slots (NULL = not offered; the engine falls back) ---- */
+
+    /* attn_step with the decay applied lazily (optional). scale: host array of B*H floats,
+     * in/out; the true state of sequence b, head h is scale[b*H + h] * rho[b][h]. Instead of
+     * multiplying every row by g_h, a backend multiplies the scale by g_h and writes the rank-1
+     * update divided by the scale, touching only the active rows; when a scale falls below
+     * DG_LAZY_SCALE_MIN it folds it into the rows and resets it to 1. With all scales 1 and
+     * g = 1 this is attn_step exactly. */
+    int  (*attn_step_lazy)(dg_backend_t *be, int B, const dg_tensor *rho, float *scale,
+                           dg_tensor out, dg_tensor q, dg_tensor v, const float *gamma);
 };
+
+#define DG_LAZY_SCALE_MIN 1e-18f
 
 /* ------------------------------------------------------------------------------------------
  * The handle (backends embed nothing else in it; private state hangs off ctx). */
@@ -262,5 +275,9 @@ int  dg_adamw(dg_backend_t *be, dg_tensor p, dg_tensor g, dg_tensor m, dg_tensor
               const dg_adamw_hp *hp);
 int  dg_attn_step(dg_backend_t *be, int B, const dg_tensor *rho, dg_tensor out, dg_tensor q,
                   dg_tensor v, const float *gamma);
+/* true when the backend offers attn_step_lazy */
+bool dg_has_attn_step_lazy(const dg_backend_t *be);
+int  dg_attn_step_lazy(dg_backend_t *be, int B, const dg_tensor *rho, float *scale,
+                       dg_tensor out, dg_tensor q, dg_tensor v, const float *gamma);
 
 #endif /* DG_BACKEND_H */

@@ -701,18 +701,23 @@ int dg_model_backward(dg_model_t *m) {
 // ------------------------------------------------------------------------------------------
 // cached inference: states
 
+/* The true state of layer l, head h is scale[l*H + h] * rho[l][h]: backends with a lazy decode
+ * step decay the scale instead of every row (kernels/cpu/attn_lazy.c). Everything that reads
+ * the state as a tensor (prefill, get) folds the scales in first. */
 struct dg_state_s {
     dg_model_t *m;
     dg_buf_t   *buf;      /* (L, H, Nq, D) */
+    float      *scale;    /* (L*H) host */
     int64_t     pos;
 };
 
 int dg_state_create(dg_model_t *m, dg_state_t **out) {
     dg_state_t *s = dg_calloc(1, sizeof *s);
     s->m = m;
+    s->scale = dg_malloc((size_t)m->cfg.n_layer * m->cfg.n_head * sizeof *s->scale);
     int rc = dg_buf_alloc(m->be, dg_model_state_bytes(&m->cfg), &s->buf);
     if (!rc) rc = dg_state_reset(s);
-    if (rc) { dg_buf_free(m->be, s->buf); dg_free(s); return rc; }
+    if (rc) { dg_buf_free(m->be, s->buf); dg_free(s->scale); dg_free(s); return rc; }
     *out = s;
     return 0;
 }
@@ -720,6 +725,7 @@ int dg_state_create(dg_model_t *m, dg_state_t **out) {
 void dg_state_free(dg_state_t *s) {
     if (!s) return;
     dg_buf_free(s->m->be, s->buf);
+    dg_free(s->scale);
     dg_free(s);
 }
 
@@ -732,20 +738,45 @@ static dg_tensor state_layer(const dg_state_t *s, int l, int64_t B1) {
     return dg_t4(s->buf, (size_t)(l * H * Nq * D) * 4, B1, H, Nq, D);
 }
 
-int dg_state_reset(dg_state_t *s) { s->pos = 0; return dg_fill(s->m->be, state_all(s), 0); }
+static int64_t n_scales(const dg_state_t *s) { return (int64_t)s->m->cfg.n_layer * s->m->cfg.n_head; }
+
+static void scales_one(dg_state_t *s) {
+    for (int64_t i = 0; i < n_scales(s); i++) s->scale[i] = 1.0f;
+}
+
+/* Folds the lazy decay scales into the rows, so the buffer holds the true state. */
+static int state_normalize(dg_state_t *s) {
+    const dg_model_config *c = &s->m->cfg;
+    int64_t slice = dg_model_qdim(c) * c->n_embd;     /* one (layer, head) block of (Nq, D) */
+    for (int64_t i = 0; i < n_scales(s); i++) {
+        if (s->scale[i] == 1.0f) continue;
+        RC(dg_scale(s->m->be, dg_t1(s->buf, (size_t)(i * slice) * 4, slice), s->scale[i]));
+        s->scale[i] = 1.0f;
+    }
+    return 0;
+}
+
+int dg_state_reset(dg_state_t *s) {
+    s->pos = 0;
+    scales_one(s);
+    return dg_fill(s->m->be, state_all(s), 0);
+}
 int dg_state_copy(dg_state_t *dst, const dg_state_t *src) {
     DG_ASSERT(dst->m == src->m);
     dst->pos = src->pos;
+    memcpy(dst->scale, src->scale, (size_t)n_scales(src) * sizeof *dst->scale);
     return dg_copy(dst->m->be, state_all(dst), state_all(src));
 }
 int64_t dg_state_pos(const dg_state_t *s) { return s->pos; }
 size_t  dg_state_bytes(const dg_state_t *s) { return dg_model_state_bytes(&s->m->cfg); }
 int dg_state_get(const dg_state_t *s, float *host, int64_t *pos) {
     if (pos) *pos = s->pos;
+    RC(state_normalize((dg_state_t *)s));     /* same true state, folded representation */
     return dg_get(s->m->be, host, state_all(s));
 }
 int dg_state_set(dg_state_t *s, const float *host, int64_t pos) {
     s->pos = pos;
+    scales_one(s);
     return dg_set(s->m->be, state_all(s), host);
 }
 
@@ -764,6 +795,7 @@ struct dg_infer_s {
     dg_tensor   logits;         /* (rows, V) */
     dg_tensor  *rho_views;      /* [max_B] */
     int64_t    *pos0;           /* [max_B] */
+    float      *scale;          /* [max_B * H] lazy-decay scales of one layer */
 };
 
 static void lay_out_infer(dg_infer_t *ix, bump *A) {
@@ -811,6 +843,7 @@ int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
     lay_out_infer(ix, &A);
     ix->rho_views = dg_calloc((size_t)max_B, sizeof *ix->rho_views);
     ix->pos0 = dg_calloc((size_t)max_B, sizeof *ix->pos0);
+    ix->scale = dg_calloc((size_t)max_B * m->cfg.n_head, sizeof *ix->scale);
     *out = ix;
     return 0;
 }
@@ -820,6 +853,7 @@ void dg_infer_free(dg_infer_t *ix) {
     dg_buf_free(ix->m->be, ix->buf);
     dg_free(ix->rho_views);
     dg_free(ix->pos0);
+    dg_free(ix->scale);
     dg_free(ix);
 }
 
@@ -899,6 +933,7 @@ int dg_infer_prefill(dg_infer_t *ix, dg_state_t *s, const int32_t *tokens, int n
     if (n <= 0) return DG_EINVAL;
     const dg_model_config *c = &m->cfg;
     int64_t D = c->n_embd, H = c->n_head, Nq = dg_model_qdim(c);
+    RC(state_normalize(s));
     for (int off = 0; off < n; off += ix->max_T) {
         int64_t T = n - off < ix->max_T ? n - off : ix->max_T;
         dg_tensor v = rows(ix->v0, T), v2 = rows(ix->v1, T);
@@ -930,14 +965,25 @@ int dg_infer_step(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tok
     int64_t D = c->n_embd, H = c->n_head, Nq = dg_model_qdim(c);
     int64_t *pos0 = ix->pos0;
     for (int b = 0; b < B; b++) { DG_ASSERT(states[b]->m == m); pos0[b] = states[b]->pos; }
+    bool lazy = dg_has_attn_step_lazy(m->be);
     dg_tensor v = rows(ix->v0, B), v2 = rows(ix->v1, B);
     int rc = infer_embed(ix, tokens, B, v);
     for (int l = 0; l < c->n_layer && !rc; l++) {
         rc = infer_x(ix, v, B, 1, pos0);
         if (rc) break;
         for (int b = 0; b < B; b++) ix->rho_views[b] = state_layer(states[b], l, 1);
-        rc = dg_attn_step(m->be, B, ix->rho_views, dg_t3(ix->a.a.buf, ix->a.a.offs, B, H, D),
-                          dg_t3(ix->a.q.buf, ix->a.q.offs, B, H, Nq), dg_t2(v.buf, v.offs, B, D), m->gamma);
+        dg_tensor ao = dg_t3(ix->a.a.buf, ix->a.a.offs, B, H, D);
+        dg_tensor qv = dg_t3(ix->a.q.buf, ix->a.q.offs, B, H, Nq), vv = dg_t2(v.buf, v.offs, B, D);
+        if (lazy) {
+            for (int b = 0; b < B; b++)
+                memcpy(ix->scale + b * H, states[b]->scale + l * H, (size_t)H * sizeof(float));
+            rc = dg_attn_step_lazy(m->be, B, ix->rho_views, ix->scale, ao, qv, vv, m->gamma);
+            for (int b = 0; b < B; b++)
+                memcpy(states[b]->scale + l * H, ix->scale + b * H, (size_t)H * sizeof(float));
+        } else {
+            for (int b = 0; b < B && !rc; b++) rc = state_normalize(states[b]);
+            if (!rc) rc = dg_attn_step(m->be, B, ix->rho_views, ao, qv, vv, m->gamma);
+        }
         if (rc) break;
         rc = infer_layer_rest(ix, B, v, v2);
         dg_tensor t = v; v = v2; v2 = t;

@@ -231,7 +231,19 @@ END_TEST
 // ------------------------------------------------------------------------------------------
 // recurrent == parallel; chunked prefill == one call
 
+static void recurrent_vs_parallel_T(const char *backend, dg_pos_mode pos, int T);
 static void recurrent_vs_parallel(const char *backend, dg_pos_mode pos) {
+    recurrent_vs_parallel_T(backend, pos, 24);
+}
+
+/* T long enough that the cpu backend's lazy decay scale (g^t, g = e^-1 for head 0) falls below
+ * DG_LAZY_SCALE_MIN and is folded into the state at least twice. */
+START_TEST(recurrent_alibi_long) {
+    recurrent_vs_parallel_T("cpu", DG_POS_ALIBI, 100);
+}
+END_TEST
+
+static void recurrent_vs_parallel_T(const char *backend, dg_pos_mode pos, int T) {
     dg_model_config c = mid_cfg(pos, DG_NORM_AFFINE);
     dg_backend_t *be = open_be(backend);
     dg_model_t *m;
@@ -239,8 +251,7 @@ static void recurrent_vs_parallel(const char *backend, dg_pos_mode pos) {
     ck_assert_int_eq(dg_model_init_params(m, 31), 0);
     scale_weights(m, 5.0f);
     perturb_norm(m, 32);
-    const int T = 24;
-    int32_t tok[24];
+    int32_t tok[128];
     rand_tokens(tok, T, c.vocab_size, 33);
     /* parallel: one block, no dropout */
     ck_assert_int_eq(dg_model_alloc_train(m, 1, T, 0), 0);
@@ -497,6 +508,7 @@ static Suite *suite(void) {
     tcase_add_test(p, recurrent_alibi);
     tcase_add_test(p, recurrent_rope);
     tcase_add_test(p, recurrent_pope);
+    tcase_add_test(p, recurrent_alibi_long);
     tcase_add_test(p, batched_step_equals_single);
     suite_add_tcase(s, p);
     TCase *t = tcase_create("training");
