@@ -197,8 +197,9 @@ static inline void vaxpy(float *restrict y, float a, const float *restrict x, in
 // dense algebra
 
 int dg__cpu_gemm_small(const dg_gemm_desc *d);   /* kernels/cpu/gemm_small.c */
+/* kernels/cpu/attn_lazy.c */
 int dg__cpu_attn_step_lazy(dg_backend_t *be, int B, const dg_tensor *rho, float *scale,
-                           dg_tensor out, dg_tensor q, dg_tensor v, const float *gamma);  /* attn_lazy.c */
+                           dg_tensor out, dg_tensor q, dg_tensor v, const float *gamma);
 
 static int cpu_gemm(dg_backend_t *be, const dg_gemm_desc *d) {
     (void)be;

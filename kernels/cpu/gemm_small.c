@@ -40,8 +40,10 @@ static void gemm_cols(const dg_gemm_desc *d, int64_t j_lo, int64_t j_hi) {
     int64_t M = d->M, K = d->K;
     float acc[SMALL_M * 512];
     for (int64_t bi = 0; bi < d->batch; bi++) {
-        const float *A = (const float *)((const char *)d->A.buf->data + d->A.offs) + bi * d->A.bstride;
-        const float *B = (const float *)((const char *)d->B.buf->data + d->B.offs) + bi * d->B.bstride;
+        const float *A = (const float *)((const char *)d->A.buf->data + d->A.offs);
+        const float *B = (const float *)((const char *)d->B.buf->data + d->B.offs);
+        A += bi * d->A.bstride;
+        B += bi * d->B.bstride;
         float *C = (float *)((char *)d->C.buf->data + d->C.offs) + bi * d->C.bstride;
         if (!d->B.trans) {
             /* column blocks of 512 keep the accumulator rows in L1 */

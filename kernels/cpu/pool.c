@@ -64,8 +64,9 @@ static void pool_start(void) {
         pthread_attr_t at;
         pthread_attr_init(&at);
         pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&th, &at, worker, (void *)(intptr_t)t)) { nt = t; pthread_attr_destroy(&at); break; }
+        int rc = pthread_create(&th, &at, worker, (void *)(intptr_t)t);
         pthread_attr_destroy(&at);
+        if (rc) { nt = t; break; }
     }
     g_nt = nt;
 }
