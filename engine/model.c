@@ -369,7 +369,10 @@ static void lay_out_acts(dg_model_t *m, bump *A, bump *S) {
     m->dx = bump_t(S, R, H * N);
     m->dy = bump_t(S, R, H * N);
     m->dz = bump_t(S, R, H * N);
-    m->dq = rot ? bump_t(S, R, H * Nq) : dg_t_null();
+    /* dq is needed only in the attention backward, when dy and dz are already consumed: under
+     * rope (Nq = N) it lives in dy; pope (Nq = 2N) gets its own buffer. */
+    if (c->positional == DG_POS_ROPE) m->dq = m->dy;
+    else m->dq = rot ? bump_t(S, R, H * Nq) : dg_t_null();
     m->da = bump_t(S, R, H * D);
     m->da2 = bump_t(S, R, H * D);
     if (m->n_chunks > 1) {
