@@ -3,7 +3,9 @@
  * forwards. Thread affinity: the thread that owns the backend. */
 #include "backend.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 // ------------------------------------------------------------------------------------------
 // views
@@ -280,4 +282,19 @@ int dg_attn_step_lazy(dg_backend_t *be, int B, const dg_tensor *rho, float *scal
     DG_ASSERT(dg_nelem(q) == B * H * Nq && dg_nelem(v) == B * D && dg_nelem(out) == B * H * D);
     for (int b = 0; b < B; b++) { F32(rho[b]); DG_ASSERT(dg_nelem(rho[b]) == H * Nq * D); }
     return be->iface->attn_step_lazy(be, B, rho, scale, out, q, v, gamma);
+}
+
+int dg_backend_devices(const char *name, dg_device_info *out, int max) {
+    const dg_backend_iface *iface = dg_backend_find(name);
+    if (!iface) return DG_ENOTFOUND;
+    if (iface->devices) return iface->devices(out, max);
+    if (max >= 1) {   /* the host: one device, the machine's memory */
+        memset(out, 0, sizeof *out);
+        snprintf(out->name, sizeof out->name, "cpu (%ld cores)", sysconf(_SC_NPROCESSORS_ONLN));
+        long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        out->mem_total = (uint64_t)pages * (uint64_t)psz;
+        out->mem_used = (uint64_t)(pages - avail) * (uint64_t)psz;
+        out->util_pct = -1;
+    }
+    return 1;
 }

@@ -90,6 +90,14 @@ typedef struct {
     int64_t step;      /* t, starting at 1 */
 } dg_adamw_hp;
 
+/* One device a backend can run on (dg_backend_devices). */
+typedef struct {
+    int      index;
+    char     name[128];
+    uint64_t mem_total, mem_used;   /* bytes; 0 when unknown */
+    int      util_pct;              /* -1 when unknown */
+} dg_device_info;
+
 typedef struct {
     int device;        /* device index for GPU backends; ignored by ref/cpu */
     int n_threads;     /* 0 = backend default */
@@ -211,6 +219,11 @@ struct dg_backend_iface_s {
      * g = 1 this is attn_step exactly. */
     int  (*attn_step_lazy)(dg_backend_t *be, int B, const dg_tensor *rho, float *scale,
                            dg_tensor out, dg_tensor q, dg_tensor v, const float *gamma);
+
+    /* Devices this backend can open (optional; needs no handle): fills up to max entries and
+     * returns how many devices exist (0 when none, e.g. no GPU or no driver), or a negative
+     * code. NULL: one host device. */
+    int  (*devices)(dg_device_info *out, int max);
 };
 
 #define DG_LAZY_SCALE_MIN 1e-18f
@@ -227,6 +240,10 @@ struct dg_backend_s {
 const dg_backend_iface *dg_backend_find(const char *name);
 /* Comma-separated list of compiled-in backend names, e.g. "ref,cpu,cuda". */
 const char *dg_backend_list(void);
+
+/* Devices of the named backend (see the devices slot): count, or a negative code; a host
+ * backend reports one device "cpu" with the machine's memory. Any thread. */
+int  dg_backend_devices(const char *name, dg_device_info *out, int max);
 
 /* Open a backend: checks the iface version and that every required slot is non-NULL (a missing
  * op fails with DG_ENOTSUP, naming the op in the log). Returns 0 or a negative DG_E* code. */

@@ -1459,6 +1459,57 @@ static int cu_attn_step(dg_backend_t *be, int B, const dg_tensor *rho, dg_tensor
 }
 
 // ------------------------------------------------------------------------------------------
+// device discovery: the CUDA runtime for the list, NVML (loaded at run time, so nothing links
+// against the driver's library) for memory in use and utilisation when it is there.
+
+#include <dlfcn.h>
+
+typedef int (*nvml_fn0)(void);
+typedef int (*nvml_handle_fn)(unsigned, void **);
+typedef struct { unsigned long long total, free, used; } nvml_mem;
+typedef struct { unsigned gpu, memory; } nvml_util;
+typedef int (*nvml_mem_fn)(void *, nvml_mem *);
+typedef int (*nvml_util_fn)(void *, nvml_util *);
+
+static int cu_devices(dg_device_info *out, int max) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {   /* no driver or no GPU: zero devices */
+        cudaGetLastError();
+        return 0;
+    }
+    static void *nvml;
+    static nvml_handle_fn get_handle;
+    static nvml_mem_fn get_mem;
+    static nvml_util_fn get_util;
+    if (!nvml && (nvml = dlopen("libnvidia-ml.so.1", RTLD_LAZY))) {
+        nvml_fn0 init = (nvml_fn0)dlsym(nvml, "nvmlInit_v2");
+        get_handle = (nvml_handle_fn)dlsym(nvml, "nvmlDeviceGetHandleByIndex_v2");
+        get_mem = (nvml_mem_fn)dlsym(nvml, "nvmlDeviceGetMemoryInfo");
+        get_util = (nvml_util_fn)dlsym(nvml, "nvmlDeviceGetUtilizationRates");
+        if (!init || init() != 0) get_handle = NULL;
+    }
+    for (int d = 0; d < n && d < max; d++) {
+        dg_device_info *o = &out[d];
+        memset(o, 0, sizeof *o);
+        o->index = d;
+        o->util_pct = -1;
+        cudaDeviceProp p;
+        if (cudaGetDeviceProperties(&p, d) == cudaSuccess) {
+            snprintf(o->name, sizeof o->name, "%s", p.name);
+            o->mem_total = p.totalGlobalMem;
+        }
+        void *h = NULL;
+        if (get_handle && get_handle((unsigned)d, &h) == 0) {
+            nvml_mem m;
+            nvml_util u;
+            if (get_mem && get_mem(h, &m) == 0) { o->mem_total = m.total; o->mem_used = m.used; }
+            if (get_util && get_util(h, &u) == 0) o->util_pct = (int)u.gpu;
+        }
+    }
+    return n;
+}
+
+// ------------------------------------------------------------------------------------------
 // the table
 
 static dg_backend_iface make_iface(void) {
@@ -1495,6 +1546,7 @@ static dg_backend_iface make_iface(void) {
     i.xent = cu_xent;
     i.adamw = cu_adamw;
     i.attn_step = cu_attn_step;
+    i.devices = cu_devices;
     return i;
 }
 
