@@ -78,22 +78,45 @@ int dg_export_model(const char *path, dg_export_format format, dg_dtype dtype, c
     if (ck->n_params != total)
         return fail(err, errlen, DG_ESHAPE, "export: checkpoint has %lld parameters, the config "
                     "needs %lld", (long long)ck->n_params, (long long)total);
-    dg_bpk_entry e[DG_P_COUNT];
+    /* Module order of burn_dragon's DragonModel: embed, norm (gamma, beta, alpha, shift), encoder,
+     * encoder_v, decoder, lm_head. DragonNorm always has all four parameters (BURNPACK.md §1.9):
+     * a non-affine config is written as gamma 1 / beta 0, and alpha [1] = 1, shift [1] = 0 (only
+     * DyT / Derf norms use them) so that a Burn DragonModel finds every tensor it loads. */
+    const int64_t D = ck->model.n_embd;
+    float *ones = dg_malloc((size_t)D * sizeof(float)), *zeros = dg_calloc((size_t)D,
+                                                                            sizeof(float));
+    for (int64_t j = 0; j < D; j++) ones[j] = 1.0f;
+    dg_bpk_entry e[DG_P_COUNT + 4];
     int n = 0;
     memset(e, 0, sizeof e);
     for (int i = 0; i < DG_P_COUNT; i++) {
-        if (info[i].numel == 0) continue;
-        e[n].name = info[i].name;
-        e[n].ndim = info[i].ndim;
-        for (int j = 0; j < info[i].ndim; j++) e[n].shape[j] = info[i].shape[j];
-        e[n].f32 = ck->params + info[i].offset;
-        n++;
+        if (info[i].numel == 0 && (i == DG_P_GAMMA || i == DG_P_BETA)) {
+            e[n].name = i == DG_P_GAMMA ? "norm.gamma" : "norm.beta";
+            e[n].ndim = 1;
+            e[n].shape[0] = D;
+            e[n].f32 = i == DG_P_GAMMA ? ones : zeros;
+            n++;
+        } else if (info[i].numel > 0) {
+            e[n].name = info[i].name;
+            e[n].ndim = info[i].ndim;
+            for (int j = 0; j < info[i].ndim; j++) e[n].shape[j] = info[i].shape[j];
+            e[n].f32 = ck->params + info[i].offset;
+            n++;
+        }
+        if (i == DG_P_BETA) {
+            e[n++] = (dg_bpk_entry){.name = DG_EXPORT_NORM_ALPHA, .ndim = 1, .shape = {1},
+                                    .f32 = ones};
+            e[n++] = (dg_bpk_entry){.name = DG_EXPORT_NORM_SHIFT, .ndim = 1, .shape = {1},
+                                    .f32 = zeros};
+        }
     }
     char *cfg = json_text(dg_config_to_json(&ck->model, &ck->train));
     char *tok = json_text(dg_tokenizer_to_json(ck->tokenizer));
     if (!cfg || !tok) {
         dg_free(cfg);
         dg_free(tok);
+        dg_free(ones);
+        dg_free(zeros);
         return fail(err, errlen, DG_EINTERNAL, "export: cannot encode config / tokenizer JSON");
     }
     dg_bpk_kv kv[6] = {
@@ -114,6 +137,8 @@ int dg_export_model(const char *path, dg_export_format format, dg_dtype dtype, c
     }
     dg_free(cfg);
     dg_free(tok);
+    dg_free(ones);
+    dg_free(zeros);
     return rc;
 }
 
@@ -207,6 +232,58 @@ static void src_close(msrc *s) {
     dg_st_close(s->st);
 }
 
+/* Tensors of burn_dragon's DragonModel that dragond's math holds fixed (BURNPACK.md §1.9):
+ * norm.alpha [1] must be 1 and norm.shift [1] must be 0 (only DyT / Derf norms use them); with a
+ * non-affine config, norm.gamma [D] must be all 1 and norm.beta [D] all 0; rwkv_time_decay (older
+ * mosure BDH) is ignored with a note. Returns 1 when tensor i is one of these and acceptable, 0
+ * when it is none of them, or an error. */
+static int check_fixed(msrc *s, int i, const char *name, int nd, const int64_t *shape,
+                       const dg_model_config *mc, const char *path, char *err, size_t errlen) {
+    if (!strcmp(name, "rwkv_time_decay")) {
+        DG_WARN("%s: ignoring tensor 'rwkv_time_decay' (an older burn_dragon BDH parameter that "
+                "the Dragon model of dragond does not use)", path);
+        return 1;
+    }
+    bool alpha = !strcmp(name, DG_EXPORT_NORM_ALPHA), shift = !strcmp(name, DG_EXPORT_NORM_SHIFT);
+    bool gamma = !strcmp(name, "norm.gamma"), beta = !strcmp(name, "norm.beta");
+    if (!alpha && !shift && !gamma && !beta) return 0;
+    if ((gamma || beta) && mc->norm != DG_NORM_PLAIN) return 0;     /* a layout param */
+    int64_t want = (alpha || shift) ? 1 : mc->n_embd;
+    int64_t numel = 1;
+    for (int d = 0; d < nd; d++) numel *= shape[d];
+    if (nd != 1 || shape[0] != want) {
+        char got[96];
+        shape_str(nd, shape, got, sizeof got);
+        return fail(err, errlen, DG_ESHAPE, "%s: tensor '%s' has shape %s, the config needs "
+                    "[%lld]", path, name, got, (long long)want);
+    }
+    float *v = dg_try_malloc((size_t)numel * sizeof(float) + 1);
+    if (!v) return fail(err, errlen, DG_ENOMEM, "%s: no memory for tensor '%s'", path, name);
+    char e2[512];
+    int rc = src_read(s, i, v, numel, e2, sizeof e2);
+    if (rc) {
+        dg_free(v);
+        return fail(err, errlen, rc, "%s: %s", path, e2);
+    }
+    float need = (alpha || gamma) ? 1.0f : 0.0f;
+    for (int64_t j = 0; j < numel; j++) {
+        if (v[j] == need) continue;
+        float got = v[j];
+        dg_free(v);
+        if (alpha || shift)
+            return fail(err, errlen, DG_EDATA, "%s: tensor '%s' is %g, dragond's layer norm "
+                        "needs %s = %g (HINT: alpha and shift are used only by DyT / Derf norms, "
+                        "which dragond does not implement)", path, name, (double)got,
+                        alpha ? "alpha" : "shift", (double)need);
+        return fail(err, errlen, DG_EDATA, "%s: tensor '%s'[%lld] is %g but the config has a "
+                    "non-affine layer norm, which needs %s all %g (HINT: export with "
+                    "normalization layer_norm_affine in the config)", path, name, (long long)j,
+                    (double)got, gamma ? "gamma" : "beta", (double)need);
+    }
+    dg_free(v);
+    return 1;
+}
+
 int dg_import_model(const char *path, dg_ckpt *out, char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
     msrc s;
@@ -257,11 +334,13 @@ int dg_import_model(const char *path, dg_ckpt *out, char *err, size_t errlen) {
         bool known = false;
         for (int k = 0; k < DG_P_COUNT; k++)
             known |= info[k].numel > 0 && !strcmp(info[k].name, name);
-        if (!known) {
-            rc = fail(err, errlen, DG_ESHAPE, "%s: unexpected tensor '%s' (not a parameter of "
-                      "this model config)", path, name);
+        if (known) continue;
+        if ((rc = check_fixed(&s, i, name, nd, shape, &out->model, path, err, errlen)) < 0)
             goto fail_meta;
-        }
+        if (rc == 1) continue;
+        rc = fail(err, errlen, DG_ESHAPE, "%s: unexpected tensor '%s' (not a parameter of "
+                  "this model config)", path, name);
+        goto fail_meta;
     }
     out->params = dg_try_malloc((size_t)total * sizeof(float) + 1);
     if (!out->params) {

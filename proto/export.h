@@ -8,9 +8,13 @@
  *   "precision"         "f32" | "f16" | "bf16"
  *   "dragond.config"    {"model": {...}, "training": {...}}   (proto/config_json.h)
  *   "dragond.tokenizer" tokenizer.json                         (proto/tokenizer_json.h)
- * Tensor names and shapes are DESIGN.md §5 (dg_model_param_layout): embed.weight [V,D],
- * norm.gamma [D], norm.beta [D] (affine norm only), encoder [H,D,N], encoder_v [H,D,N],
- * decoder [H*N,D], lm_head [D,V] (untied only); tensor bytes in that order.
+ * Tensor names and shapes are DESIGN.md §5 (dg_model_param_layout) plus what burn_dragon's
+ * DragonModel loads (BURNPACK.md §1.9): embed.weight [V,D], norm.gamma [D], norm.beta [D],
+ * norm.alpha [1], norm.shift [1], encoder [H,D,N], encoder_v [H,D,N], decoder [H*N,D],
+ * lm_head [D,V] (untied only); tensor bytes in that order. norm.gamma / norm.beta are written
+ * for a non-affine config too (as 1 / 0), norm.alpha as 1 and norm.shift as 0. The importer
+ * accepts them only with those values (and tolerates their absence, and ignores
+ * rwkv_time_decay of older BDH bundles with a logged note).
  *
  * Thread affinity: any thread (pure file I/O). */
 #ifndef DG_EXPORT_H
@@ -19,6 +23,8 @@
 #include "backend.h"
 
 #define DG_EXPORT_PRODUCER_VERSION "0.1.0"
+#define DG_EXPORT_NORM_ALPHA "norm.alpha"
+#define DG_EXPORT_NORM_SHIFT "norm.shift"
 
 typedef enum { DG_EXPORT_BURNPACK = 0, DG_EXPORT_SAFETENSORS = 1 } dg_export_format;
 

@@ -64,6 +64,7 @@ int main(int argc, char **argv) {
         printf("dragond %s\n", DG_VERSION);
         return 0;
     }
+    if (cmd[0] == '-') return dg_serve_main(argc, argv);   /* `dragond --listen ...` */
     /* argv for a subcommand keeps argv[0] = program name, drops the command word */
     int sargc = argc - 1;
     char **sargv = argv + 1;
@@ -74,7 +75,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "eval")) return dg_cli_eval(sargc, sargv);
     if (!strcmp(cmd, "export")) return dg_cli_export(sargc, sargv);
     if (!strcmp(cmd, "bench")) return dg_cli_bench(sargc, sargv);
-    if (cmd[0] == '-') return dg_serve_main(argc, argv);   /* `dragond --listen ...` */
     fprintf(stderr, "dragond: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

@@ -1,8 +1,10 @@
 /* tests/proto/test_export.c -- proto/export.c: a real (tiny) model config, a fitted char
  * tokenizer and random parameters go out as burnpack (f32 / f16 / bf16, with and without
- * parts) and safetensors and come back with the same config, tokenizer and values; bundles
- * with a wrong, missing or extra tensor, a foreign file and a vocab mismatch are refused with a
- * message naming the problem. */
+ * parts) and safetensors and come back with the same config, tokenizer and values; every
+ * bundle carries burn_dragon's DragonNorm tensors (gamma/beta also for a non-affine norm, alpha
+ * 1, shift 0); bundles with a wrong, missing or extra tensor, a norm alpha/shift/gamma/beta that
+ * dragond's math cannot honour, a foreign file and a vocab mismatch are refused with a message
+ * naming the problem, and rwkv_time_decay is tolerated. */
 #include "check_util.h"
 #include "proto/export.h"
 #include "proto/burnpack.h"
@@ -84,11 +86,31 @@ START_TEST(test_round_trips) {
         snprintf(path, sizeof path, "%s/m%d00.bpk", dir, tp);
         dg_bpk_t *b;
         ck_assert_int_eq(dg_bpk_open(path, &b, err, sizeof err), 0);
-        ck_assert_int_eq(dg_bpk_n_tensors(b), tp ? 4 : 7);
+        ck_assert_int_eq(dg_bpk_n_tensors(b), tp ? 8 : 9);
         ck_assert_int_ge(dg_bpk_find(b, "embed.weight"), 0);
         ck_assert_int_ge(dg_bpk_find(b, "encoder_v"), 0);
         ck_assert_int_eq(dg_bpk_find(b, "lm_head") >= 0, tp == 0);
-        ck_assert_int_eq(dg_bpk_find(b, "norm.gamma") >= 0, tp == 0);
+        /* what burn_dragon's DragonNorm loads is always there (BURNPACK.md §1.9) */
+        float g[16], be[16], al[2], sh[2];
+        int ig = dg_bpk_find(b, "norm.gamma"), ib = dg_bpk_find(b, "norm.beta");
+        int ia = dg_bpk_find(b, "norm.alpha"), is = dg_bpk_find(b, "norm.shift");
+        ck_assert(ig >= 0 && ib >= 0 && ia >= 0 && is >= 0);
+        ck_assert_int_eq(dg_bpk_tensor_at(b, ia)->ndim, 1);
+        ck_assert_int_eq(dg_bpk_tensor_at(b, ia)->shape[0], 1);
+        ck_assert_int_eq(dg_bpk_tensor_at(b, is)->shape[0], 1);
+        ck_assert_int_eq(dg_bpk_tensor_at(b, ig)->shape[0], 16);
+        ck_assert_int_eq(dg_bpk_read_f32(b, ia, al, 1, err, sizeof err), 0);
+        ck_assert_int_eq(dg_bpk_read_f32(b, is, sh, 1, err, sizeof err), 0);
+        ck_assert(al[0] == 1.0f && sh[0] == 0.0f);
+        ck_assert_int_eq(dg_bpk_read_f32(b, ig, g, 16, err, sizeof err), 0);
+        ck_assert_int_eq(dg_bpk_read_f32(b, ib, be, 16, err, sizeof err), 0);
+        dg_param_info info[DG_P_COUNT];
+        dg_model_param_layout(&ck.model, info);
+        for (int j = 0; j < 16; j++) {
+            float wg = tp ? 1.0f : ck.params[info[DG_P_GAMMA].offset + (size_t)j];
+            float wb = tp ? 0.0f : ck.params[info[DG_P_BETA].offset + (size_t)j];
+            ck_assert(g[j] == wg && be[j] == wb);
+        }
         const dg_bpk_tensor *t = dg_bpk_tensor_at(b, dg_bpk_find(b, "encoder"));
         ck_assert_int_eq(t->ndim, 3);
         ck_assert_int_eq(t->shape[0], 2);
@@ -140,12 +162,17 @@ START_TEST(test_parts_bundle) {
 END_TEST
 
 /* Writes a bundle with the good metadata but tensors changed by `how`. */
+/* how: 1 lm_head missing, 2 an extra unknown tensor, 3 norm.alpha = 0.5, 4 norm.shift = 0.25,
+ * 5 norm.gamma[3] = 2, 6 norm.beta[0] = 0.5, 7 rwkv_time_decay added, 8 norm.alpha / norm.shift
+ * left out, 9 norm.alpha of shape [2]. */
 static int write_bad(const char *good, const char *out, int how) {
     dg_bpk_t *b;
     char err[512];
     ck_assert_int_eq(dg_bpk_open(good, &b, err, sizeof err), 0);
-    dg_bpk_entry e[8];
+    dg_bpk_entry e[16];
     dg_bpk_kv kv[8];
+    static float val[64], ones[64], zeros[64], decay[2 * 32];
+    for (int j = 0; j < 64; j++) ones[j] = 1.0f;
     int n = 0;
     memset(e, 0, sizeof e);
     for (int i = 0; i < dg_bpk_n_tensors(b); i++) {
@@ -153,11 +180,35 @@ static int write_bad(const char *good, const char *out, int how) {
         if (how == 1 && !strcmp(t->name, "lm_head")) continue;           /* missing */
         e[n] = (dg_bpk_entry){.name = t->name, .ndim = t->ndim, .src = b, .src_index = i};
         memcpy(e[n].shape, t->shape, sizeof t->shape);
+        bool al = !strcmp(t->name, "norm.alpha"), sh = !strcmp(t->name, "norm.shift");
+        if (how == 8 && (al || sh)) continue;
+        if ((how == 3 || how == 9) && al) {
+            memcpy(val, ones, sizeof val);
+            val[0] = 0.5f;
+            if (how == 9) e[n].shape[0] = 2;
+            e[n].src = NULL;
+            e[n].f32 = val;
+        }
+        if (how == 4 && sh) {
+            memcpy(val, zeros, sizeof val);
+            val[0] = 0.25f;
+            e[n].src = NULL;
+            e[n].f32 = val;
+        }
+        if ((how == 5 && !strcmp(t->name, "norm.gamma")) ||
+            (how == 6 && !strcmp(t->name, "norm.beta"))) {
+            memcpy(val, how == 5 ? ones : zeros, sizeof val);
+            val[how == 5 ? 3 : 0] = how == 5 ? 2.0f : 0.5f;
+            e[n].src = NULL;
+            e[n].f32 = val;
+        }
         n++;
     }
     static float extra[4];
-    if (how == 2) e[n++] = (dg_bpk_entry){.name = "norm.alpha", .ndim = 1, .shape = {1},
+    if (how == 2) e[n++] = (dg_bpk_entry){.name = "bogus.weight", .ndim = 1, .shape = {1},
                                           .f32 = extra};
+    if (how == 7) e[n++] = (dg_bpk_entry){.name = "rwkv_time_decay", .ndim = 2,
+                                          .shape = {2, 32}, .f32 = decay};
     for (int i = 0; i < dg_bpk_n_meta(b); i++)
         kv[i] = (dg_bpk_kv){dg_bpk_meta_key(b, i), dg_bpk_meta_value(b, i)};
     dg_bpk_opts o = {.dtype = DG_DTYPE_F32, .meta = kv, .n_meta = dg_bpk_n_meta(b)};
@@ -180,7 +231,42 @@ START_TEST(test_refusals) {
     ck_assert_msg(strstr(err, "missing tensor 'lm_head'"), "%s", err);
     ck_assert_int_eq(write_bad(good, bad, 2), 0);
     ck_assert_int_eq(dg_import_model(bad, &back, err, sizeof err), DG_ESHAPE);
-    ck_assert_msg(strstr(err, "unexpected tensor 'norm.alpha'"), "%s", err);
+    ck_assert_msg(strstr(err, "unexpected tensor 'bogus.weight'"), "%s", err);
+    /* DragonNorm's fixed parameters (BURNPACK.md §1.9) */
+    ck_assert_int_eq(write_bad(good, bad, 3), 0);
+    ck_assert_int_eq(dg_import_model(bad, &back, err, sizeof err), DG_EDATA);
+    ck_assert_msg(strstr(err, "'norm.alpha' is 0.5") && strstr(err, "alpha = 1"), "%s", err);
+    ck_assert_int_eq(write_bad(good, bad, 4), 0);
+    ck_assert_int_eq(dg_import_model(bad, &back, err, sizeof err), DG_EDATA);
+    ck_assert_msg(strstr(err, "'norm.shift' is 0.25") && strstr(err, "shift = 0"), "%s", err);
+    ck_assert_int_eq(write_bad(good, bad, 9), 0);
+    ck_assert_int_eq(dg_import_model(bad, &back, err, sizeof err), DG_ESHAPE);
+    ck_assert_msg(strstr(err, "'norm.alpha' has shape [2], the config needs [1]"), "%s", err);
+    /* rwkv_time_decay is tolerated; alpha / shift may be absent (older dragond exports) */
+    for (int how = 7; how <= 8; how++) {
+        ck_assert_int_eq(write_bad(good, bad, how), 0);
+        ck_assert_msg(dg_import_model(bad, &back, err, sizeof err) == 0, "%d: %s", how, err);
+        check_same(&ck, &back, DG_DTYPE_F32);
+        dg_ckpt_free(&back);
+    }
+    /* a non-affine config needs gamma 1 / beta 0 */
+    dg_ckpt plain;
+    make_ckpt(&plain, true);
+    char ppath[700];
+    snprintf(ppath, sizeof ppath, "%s/plain.bpk", dir);
+    ck_assert_int_eq(dg_export_model(ppath, DG_EXPORT_BURNPACK, DG_DTYPE_BF16, &plain, 0, err,
+                                     sizeof err), 0);
+    ck_assert_int_eq(write_bad(ppath, bad, 5), 0);
+    ck_assert_int_eq(dg_import_model(bad, &back, err, sizeof err), DG_EDATA);
+    ck_assert_msg(strstr(err, "'norm.gamma'[3] is 2") && strstr(err, "non-affine"), "%s", err);
+    ck_assert_int_eq(write_bad(ppath, bad, 6), 0);
+    ck_assert_int_eq(dg_import_model(bad, &back, err, sizeof err), DG_EDATA);
+    ck_assert_msg(strstr(err, "'norm.beta'[0] is 0.5"), "%s", err);
+    ck_assert_int_eq(write_bad(ppath, bad, 8), 0);
+    ck_assert_msg(dg_import_model(bad, &back, err, sizeof err) == 0, "%s", err);
+    check_same(&plain, &back, DG_DTYPE_BF16);
+    dg_ckpt_free(&back);
+    dg_ckpt_free(&plain);
     /* a model with a different width against the good file's tensors: the shapes differ */
     dg_ckpt wide;
     make_ckpt(&wide, false);
@@ -196,7 +282,7 @@ START_TEST(test_refusals) {
     dg_bpk_t *w, *g;
     ck_assert_int_eq(dg_bpk_open(wpath, &w, err, sizeof err), 0);
     ck_assert_int_eq(dg_bpk_open(good, &g, err, sizeof err), 0);
-    dg_bpk_entry e[8];
+    dg_bpk_entry e[16];
     dg_bpk_kv kv[8];
     memset(e, 0, sizeof e);
     int n = dg_bpk_n_tensors(g);
