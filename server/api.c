@@ -194,19 +194,18 @@ static void h_system(dg_req *r) {
                                               "compiler", __VERSION__, "date", __DATE__));
     json_object_set_new(o, "uptime_s", json_real(dg_wall_s() - dg_srv.started_at));
     json_object_set_new(o, "backends", json_string(dg_backend_list()));
-    const char *run = dg_jobs_running_id();
-    json_t *dev = json_pack("{s:s, s:i, s:s}", "kind", "cpu", "index", 0, "backend",
-                            dg_srv.settings.backend);
-    json_object_set_new(dev, "holder", run[0] ? json_pack("{s:s, s:s}", "kind", "job", "id",
-                                                          run) : json_null());
-    json_object_set_new(dev, "tokens_per_s", json_real(dg_jobs_tokens_per_s()));
-    json_t *devs = json_array();
-    json_array_append_new(devs, dev);
+    json_t *devs = dg_worker_devices_json(), *gpus = json_array();
+    size_t di;
+    json_t *dv;
+    json_array_foreach(devs, di, dv)
+        if (!strcmp(json_string_value(json_object_get(dv, "kind")), "cuda"))
+            json_array_append(gpus, dv);
     json_object_set_new(o, "devices", devs);
-    json_object_set_new(o, "gpus", json_array());
+    json_object_set_new(o, "gpus", gpus);
+    json_object_set_new(o, "tokens_per_s", json_real(dg_jobs_tokens_per_s()));
     json_object_set_new(o, "queue", json_pack("{s:I, s:i}", "jobs_queued",
                                               (json_int_t)dg_db_queue_len(), "jobs_running",
-                                              run[0] ? 1 : 0));
+                                              dg_jobs_running_count()));
     const dg_settings *s = &dg_srv.settings;
     json_object_set_new(o, "limits", json_pack("{s:I, s:I, s:I, s:I}", "max_body_bytes",
                                                (json_int_t)s->max_body_bytes, "max_queued_jobs",
@@ -247,6 +246,40 @@ static void h_metrics(dg_req *r) {
              "\n# TYPE dragond_train_tokens_total counter\ndragond_train_tokens_total %lld",
              (long long)dg_jobs_tokens_total());
     json_array_append_new(lines, json_string(buf));
+    {   /* devices: memory in use, utilisation, whether a job holds them */
+        json_t *devs = dg_worker_devices_json();
+        json_array_append_new(lines, json_string(
+            "# HELP dragond_device_mem_used_bytes Memory in use on each device.\n"
+            "# TYPE dragond_device_mem_used_bytes gauge"));
+        size_t i;
+        json_t *d;
+        json_array_foreach(devs, i, d) {
+            snprintf(buf, sizeof buf, "dragond_device_mem_used_bytes{device=\"%s\"} %lld",
+                     json_string_value(json_object_get(d, "name")),
+                     (long long)json_integer_value(json_object_get(d, "mem_used_mb")) << 20);
+            json_array_append_new(lines, json_string(buf));
+        }
+        json_array_append_new(lines, json_string(
+            "# HELP dragond_device_utilization_percent GPU utilisation (NVML).\n"
+            "# TYPE dragond_device_utilization_percent gauge"));
+        json_array_foreach(devs, i, d) {
+            json_t *u = json_object_get(d, "util_pct");
+            if (!json_is_integer(u)) continue;
+            snprintf(buf, sizeof buf, "dragond_device_utilization_percent{device=\"%s\"} %lld",
+                     json_string_value(json_object_get(d, "name")), (long long)json_integer_value(u));
+            json_array_append_new(lines, json_string(buf));
+        }
+        json_array_append_new(lines, json_string(
+            "# HELP dragond_device_busy 1 when a job runs on the device.\n"
+            "# TYPE dragond_device_busy gauge"));
+        json_array_foreach(devs, i, d) {
+            snprintf(buf, sizeof buf, "dragond_device_busy{device=\"%s\"} %d",
+                     json_string_value(json_object_get(d, "name")),
+                     !json_is_null(json_object_get(d, "holder")));
+            json_array_append_new(lines, json_string(buf));
+        }
+        json_decref(devs);
+    }
     snprintf(buf, sizeof buf, "# HELP dragond_uptime_seconds Seconds since start.\n"
              "# TYPE dragond_uptime_seconds gauge\ndragond_uptime_seconds %.3f",
              dg_wall_s() - dg_srv.started_at);
@@ -316,7 +349,7 @@ static void h_jobs_create(dg_req *r) {
     json_t *b = dg_req_json(r, false);
     if (!b) return;
     static const char *const top[] = {"kind", "name", "config", "data", "resume_from", "seed",
-                                      "tags", "priority", NULL};
+                                      "tags", "priority", "device", NULL};
     char param[256] = "", msg[1024] = "";
     char resume_path[1100] = "";
     dg_model_config mc;
@@ -366,6 +399,15 @@ static void h_jobs_create(dg_req *r) {
         dg_reply_error(r, 400, "invalid_request", "missing_field", "/config",
                        "config is required for train jobs ({\"preset\"?, \"model\"?, "
                        "\"training\"?})");
+        goto out;
+    }
+    json_t *device = json_object_get(b, "device");
+    if (device && !json_is_string(device))
+        { bad_type(r, "/device", "a string: auto, cpu, cuda or cuda:N"); goto out; }
+    if (device && !dg_worker_device_exists(json_string_value(device))) {
+        dg_reply_error(r, 422, "validation_failed", "unknown_device", "/device",
+                       "no device '%s' here (this daemon has %d: see GET /v1/system)",
+                       json_string_value(device), dg_worker_count());
         goto out;
     }
     if (seed && (!json_is_integer(seed) || json_integer_value(seed) < 0))

@@ -483,7 +483,8 @@ json_t *dg_db_job_json(const char *id, bool full) {
 static const char SQL_JOB_SPEC[] =
     "SELECT kind, config_json, data_json, resume_from, seed,"
     " (SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?1),"
-    " (SELECT step FROM checkpoints WHERE run_id = ?1 AND path = jobs.resume_from)"
+    " (SELECT step FROM checkpoints WHERE run_id = ?1 AND path = jobs.resume_from),"
+    " request_json"
     " FROM jobs WHERE id = ?1";
 int dg_db_job_spec(const char *id, dg_db_jobspec *out) {
     memset(out, 0, sizeof *out);
@@ -498,10 +499,12 @@ int dg_db_job_spec(const char *id, dg_db_jobspec *out) {
     out->seed = sqlite3_column_int64(st, 4);
     out->n_events = sqlite3_column_int64(st, 5);
     out->resume_step = sqlite3_column_int64(st, 6);
+    out->request_json = col_dup(st, 7);
     sqlite3_reset(st);
     return 0;
 }
 void dg_db_jobspec_free(dg_db_jobspec *s) {
+    dg_free(s->request_json);
     dg_free(s->config_json);
     dg_free(s->data_json);
     dg_free(s->resume_from);

@@ -24,18 +24,59 @@ static struct {
     uv_async_t         async;
     pthread_mutex_t    mu;
     dg_outmsg         *head, *tail;
-    char               running[DG_ID_LEN];    /* "" when the engine is free */
+    char               running[DG_MAX_DEVICES][DG_ID_LEN];   /* jobs on devices; "" = free slot */
+    double             tps[DG_MAX_DEVICES];                  /* their latest tokens/s */
     bool               draining;
-    double             tokens_per_s;
     int64_t            tokens_total;
     int64_t            keep_ckpts;
 } J;
 
 bool dg_jobs_draining(void) { return J.draining; }
-const char *dg_jobs_running_id(void) { return J.running; }
-double dg_jobs_tokens_per_s(void) { return J.running[0] ? J.tokens_per_s : 0.0; }
+static int running_slot(const char *id) {
+    for (int i = 0; i < DG_MAX_DEVICES; i++)
+        if (J.running[i][0] && !strcmp(J.running[i], id)) return i;
+    return -1;
+}
+static void running_add(const char *id) {
+    for (int i = 0; i < DG_MAX_DEVICES; i++)
+        if (!J.running[i][0]) {
+            snprintf(J.running[i], DG_ID_LEN, "%s", id);
+            J.tps[i] = 0;
+            return;
+        }
+}
+static void running_del(const char *id) {
+    int i = running_slot(id);
+    if (i >= 0) J.running[i][0] = 0;
+}
+int dg_jobs_running_count(void) {
+    int n = 0;
+    for (int i = 0; i < DG_MAX_DEVICES; i++) n += J.running[i][0] != 0;
+    return n;
+}
+/* The first running job ("" when none); dg_worker_devices_json lists them all. */
+const char *dg_jobs_running_id(void) {
+    for (int i = 0; i < DG_MAX_DEVICES; i++)
+        if (J.running[i][0]) return J.running[i];
+    return "";
+}
+double dg_jobs_tokens_per_s(void) {
+    double t = 0;
+    for (int i = 0; i < DG_MAX_DEVICES; i++)
+        if (J.running[i][0]) t += J.tps[i];
+    return t;
+}
 int64_t dg_jobs_tokens_total(void) { return J.tokens_total; }
-bool dg_jobs_idle(void) { return J.running[0] == 0; }
+bool dg_jobs_idle(void) { return dg_jobs_running_count() == 0; }
+
+/* The device a job asked for ("" = any), from its stored request. */
+static void device_req_of(const char *request_json, char out[32]) {
+    out[0] = 0;
+    json_t *req = request_json ? json_loads(request_json, 0, NULL) : NULL;
+    const char *d = json_string_value(json_object_get(req, "device"));
+    if (d) snprintf(out, 32, "%s", d);
+    json_decref(req);
+}
 
 void dg_outbox_post(const char *job_id, const char *type, json_t *data) {
     dg_outmsg *m = dg_calloc(1, sizeof *m);
@@ -200,6 +241,7 @@ static int start_job(const char *id) {
     json_t *bs = json_object_get(data, "bench_steps");
     w->bench_steps = json_is_integer(bs) ? json_integer_value(bs) : 5;
     J.keep_ckpts = w->train.keep_checkpoints > 0 ? w->train.keep_checkpoints : 1;
+    device_req_of(sp.request_json, w->device_req);
 
     dg_db_begin();
     int attempt = 0;
@@ -219,15 +261,16 @@ static int start_job(const char *id) {
     dg_db_job_set_status(id, "running", NULL, NULL);
     status_event(id, "running", NULL, NULL, attempt);
     dg_db_commit();
-    snprintf(J.running, sizeof J.running, "%s", id);
-    J.tokens_per_s = 0;
-    atomic_store(&dg_worker_flags()->cancel, 0);
-    atomic_store(&dg_worker_flags()->pause, 0);
-    atomic_store(&dg_worker_flags()->checkpoint, 0);
-    if (dg_worker_submit(w) != 0) {
-        J.running[0] = 0;
-        fail_now(id, "internal", "engine thread refused the job");
+    running_add(id);
+    char dev[32] = "";
+    if (dg_worker_submit(w, dev) != 0) {
+        running_del(id);
+        fail_now(id, "internal", "no engine thread could take the job");
         dg_work_free(w);
+    } else {
+        char m3[96];
+        snprintf(m3, sizeof m3, "placed on device %s", dev);
+        log_line(id, "info", m3);
     }
     dg_http_streams_notify(id);
     w = NULL;
@@ -241,7 +284,14 @@ out_free:
 
 void dg_jobs_kick(void) {
     char id[DG_ID_LEN];
-    while (!J.draining && !J.running[0] && dg_db_next_queued(id)) {
+    while (!J.draining && dg_db_next_queued(id)) {
+        dg_db_jobspec sp;                     /* the head of the queue waits for its device */
+        char req[32] = "";
+        if (dg_db_job_spec(id, &sp) == 0) {
+            device_req_of(sp.request_json, req);
+            dg_db_jobspec_free(&sp);
+        }
+        if (!dg_worker_can_place(req)) break;
         if (start_job(id) != 0) {            /* the database failed us: try again later */
             DG_ERROR("cannot start job %s", id);
             break;
@@ -281,7 +331,7 @@ static void on_done(const char *id, json_t *d) {
         if (msg) log_line(id, !strcmp(outcome, "failed") ? "error" : "info", msg);
         status_event(id, outcome, !strcmp(outcome, "failed") ? reason : NULL, msg, 0);
     }
-    if (!strcmp(J.running, id)) J.running[0] = 0;
+    running_del(id);
 }
 
 static void handle(dg_outmsg *m) {
@@ -293,7 +343,8 @@ static void handle(dg_outmsg *m) {
         double tps = num(d, "tokens_per_s", 0), eta = num(d, "eta_s", 0);
         J.tokens_total += (int64_t)num(d, "tokens_delta", 0);
         json_object_del(d, "tokens_delta");
-        J.tokens_per_s = tps;
+        int slot = running_slot(id);
+        if (slot >= 0) J.tps[slot] = tps;
         dg_db_job_progress(id, step, total, seen, tps, eta);
         emit_nonotify(id, "progress", json_incref(d));
     } else if (!strcmp(m->type, "metric")) {
@@ -384,7 +435,10 @@ void dg_jobs_close(void) {
 
 void dg_jobs_shutdown_begin(void) {
     J.draining = true;
-    if (J.running[0]) atomic_store(&dg_worker_flags()->pause, 2);
+    for (int i = 0; i < DG_MAX_DEVICES; i++) {
+        dg_work_flags *f = J.running[i][0] ? dg_worker_flags_for(J.running[i]) : NULL;
+        if (f) atomic_store(&f->pause, 2);
+    }
 }
 
 /* ---- actions ------------------------------------------------------------------------------ */
@@ -410,11 +464,12 @@ int dg_jobs_cancel(const char *id, char *msg, size_t n) {
         return 0;
     }
     if (!strcmp(st, "running") || !strcmp(st, "pausing")) {
-        if (strcmp(J.running, id) != 0) {
-            snprintf(msg, n, "job %s is %s but not on the engine", id, st);
+        dg_work_flags *f = running_slot(id) >= 0 ? dg_worker_flags_for(id) : NULL;
+        if (!f) {
+            snprintf(msg, n, "job %s is %s but not on an engine", id, st);
             return DG_EBUSY;
         }
-        atomic_store(&dg_worker_flags()->cancel, 1);
+        atomic_store(&f->cancel, 1);
         dg_db_begin();
         dg_db_job_set_status(id, "cancelling", NULL, NULL);
         status_event(id, "cancelling", NULL, NULL, 0);
@@ -438,8 +493,9 @@ int dg_jobs_pause(const char *id, char *msg, size_t n) {
         dg_http_streams_notify(id);
         return 0;
     }
-    if (!strcmp(st, "running") && !strcmp(J.running, id)) {
-        atomic_store(&dg_worker_flags()->pause, 1);
+    dg_work_flags *f = !strcmp(st, "running") ? dg_worker_flags_for(id) : NULL;
+    if (f) {
+        atomic_store(&f->pause, 1);
         dg_db_begin();
         dg_db_job_set_status(id, "pausing", NULL, NULL);
         status_event(id, "pausing", NULL, NULL, 0);
@@ -472,11 +528,12 @@ int dg_jobs_checkpoint(const char *id, char *msg, size_t n) {
     char st[32];
     int rc = status_of(id, st, msg, n);
     if (rc) return rc;
-    if (strcmp(st, "running") != 0 || strcmp(J.running, id) != 0) {
+    dg_work_flags *f = !strcmp(st, "running") ? dg_worker_flags_for(id) : NULL;
+    if (!f) {
         snprintf(msg, n, "job %s is %s; checkpoints can be requested only while it runs", id,
                  st);
         return DG_EBUSY;
     }
-    atomic_store(&dg_worker_flags()->checkpoint, 1);
+    atomic_store(&f->checkpoint, 1);
     return 0;
 }

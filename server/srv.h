@@ -128,6 +128,7 @@ typedef struct {
     int64_t seed;
     int64_t resume_step;       /* step of resume_from, 0 if none */
     int64_t n_events;
+    char   *request_json;      /* what the client sent (dg_free) */
 } dg_db_jobspec;
 int     dg_db_job_spec(const char *id, dg_db_jobspec *out);
 void    dg_db_jobspec_free(dg_db_jobspec *s);
@@ -261,7 +262,8 @@ int  dg_jobs_cancel(const char *id, char *msg, size_t n);
 int  dg_jobs_pause(const char *id, char *msg, size_t n);
 int  dg_jobs_resume(const char *id, char *msg, size_t n);
 int  dg_jobs_checkpoint(const char *id, char *msg, size_t n);
-const char *dg_jobs_running_id(void);   /* "" when idle */
+const char *dg_jobs_running_id(void);   /* the first running job, "" when idle */
+int  dg_jobs_running_count(void);
 double dg_jobs_tokens_per_s(void);
 int64_t dg_jobs_tokens_total(void);
 bool dg_jobs_draining(void);
@@ -288,6 +290,8 @@ typedef struct {
     char           *preset_url;
     int64_t         download_timeout_s;
     int64_t         bench_steps;
+    char            device_req[32];     /* "" or "auto", "cpu", "cuda", "cuda:N" */
+    int             device;             /* device index, set by the worker that runs it */
 } dg_work;
 
 typedef struct {
@@ -306,10 +310,23 @@ typedef struct dg_outmsg {
 } dg_outmsg;
 void dg_outbox_post(const char *job_id, const char *type, json_t *data);
 
+/* One engine thread per device: the CPU ("cpu", backend from the settings) and every GPU the
+ * cuda backend finds ("cuda:0", "cuda:1", ...). */
+#define DG_MAX_DEVICES 17
 int  dg_worker_start(uv_loop_t *loop, void (*on_events)(dg_outmsg *list));
-/* Hands a job to the engine thread (which owns w afterwards); DG_EBUSY if it has one. */
-int  dg_worker_submit(dg_work *w);
-dg_work_flags *dg_worker_flags(void);
+int  dg_worker_count(void);
+/* true when device_req ("", auto, cpu, cuda, cuda:N) names a device this daemon has */
+bool dg_worker_device_exists(const char *device_req);
+/* true when a device for device_req is idle now */
+bool dg_worker_can_place(const char *device_req);
+/* Devices with kind, backend, holder job, memory and utilisation (for /v1/system, /metrics). */
+json_t *dg_worker_devices_json(void);
+/* Flags of the device running job_id, or NULL when no device runs it. */
+dg_work_flags *dg_worker_flags_for(const char *job_id);
+/* Hands a job to the engine thread of a device for w->device_req (exact name; "cuda": any GPU;
+ * "" or auto: an idle GPU, else the CPU), which owns w afterwards. Writes the device name into
+ * dev_out (32 bytes). DG_EBUSY when no such device is idle, DG_ENOTFOUND when none exists. */
+int  dg_worker_submit(dg_work *w, char *dev_out);
 void dg_worker_stop(double timeout_s);   /* asks the thread to exit, joins if it does */
 void dg_work_free(dg_work *w);
 

@@ -1,5 +1,5 @@
-/* server/worker.c -- the engine thread of the CPU device: runs one job at a time (training or
- * benchmark), polls the atomic cancel/pause/checkpoint flags between optimizer steps, and posts
+/* server/worker.c -- the engine threads, one per device (the CPU, and every GPU the cuda
+ * backend finds): each runs one job at a time (training or benchmark), polls the atomic cancel/pause/checkpoint flags between optimizer steps, and posts
  * everything it has to say (progress, metric, log, checkpoint, dataset, bench, done) to the
  * loop's outbox (jobs.c) as JSON values it no longer touches.
  *
@@ -27,19 +27,29 @@
 #include <time.h>
 #include <unistd.h>
 
-static struct {
+/* One engine thread per device. Loop-thread code reads and writes pending/busy/job under mu;
+ * the thread itself reads only its own fields. */
+typedef struct {
+    char            name[32];        /* "cpu", "cuda:0", ... */
+    char            kind[8];         /* cpu | cuda */
+    char            backend[16];     /* backend the jobs of this device open */
+    int             index;           /* device index within the backend */
     pthread_t       th;
     bool            started;
     pthread_mutex_t mu;
     pthread_cond_t  cv;
     dg_work        *pending;
     bool            busy, quit, exited;
+    char            job[DG_ID_LEN];  /* job it holds, "" when idle */
     dg_work_flags   flags;
-} W;
+} device;
+
+static device D[DG_MAX_DEVICES];
+static int    n_dev;
+static _Thread_local device *tl_dev;   /* the device whose thread this is */
 
 static _Thread_local const char *tl_job;    /* job whose logs engine lines belong to */
 
-dg_work_flags *dg_worker_flags(void) { return &W.flags; }
 
 void dg_work_free(dg_work *w) {
     if (!w) return;
@@ -147,9 +157,9 @@ static void run_train(dg_work *w) {
     if (w->preset) {
         post_log(job, "info", "dataset preset %s", w->preset);
         rc = dg_dataset_preset(w->preset, w->data_dir, w->preset_url, w->download_timeout_s,
-                               &W.flags.cancel, data_path, sizeof data_path, err, sizeof err);
+                               &tl_dev->flags.cancel, data_path, sizeof data_path, err, sizeof err);
         if (rc) {
-            if (atomic_load(&W.flags.cancel)) post_done(job, "cancelled", NULL, NULL);
+            if (atomic_load(&tl_dev->flags.cancel)) post_done(job, "cancelled", NULL, NULL);
             else post_done(job, "failed", "data_error", err);
             return;
         }
@@ -215,6 +225,7 @@ static void run_train(dg_work *w) {
              dg_tokenizer_vocab(tok));
     dg_trainer_spec spec = {0};
     spec.backend = w->backend;
+    spec.device = w->device;
     spec.model = w->model;
     spec.train = w->train;
     spec.tokenizer = tok;
@@ -228,9 +239,9 @@ static void run_train(dg_work *w) {
     const dg_train_config *tc = dg_trainer_config(tr);
     int64_t total = dg_trainer_total_steps(tr);
     int64_t log_iv = tc->log_interval > 0 ? tc->log_interval : 1;
-    post_log(job, "info", "training %lld steps from step %lld (%lld parameters, backend %s)",
+    post_log(job, "info", "training %lld steps from step %lld (%lld parameters, device %s)",
              (long long)total, (long long)dg_trainer_step_count(tr),
-             (long long)dg_model_n_params(&w->model), w->backend);
+             (long long)dg_model_n_params(&w->model), tl_dev->name);
     double last_train = NAN, last_val = NAN;
     int64_t last_eval_step = -1, last_ckpt_step = dg_trainer_step_count(tr);
     int64_t last_tokens = 0;
@@ -238,7 +249,7 @@ static void run_train(dg_work *w) {
     double t_start = dg_now();
     int64_t step0 = dg_trainer_step_count(tr);
     while (!dg_trainer_done(tr)) {
-        int cancel = atomic_load(&W.flags.cancel), pause = atomic_load(&W.flags.pause);
+        int cancel = atomic_load(&tl_dev->flags.cancel), pause = atomic_load(&tl_dev->flags.pause);
         if (cancel || pause) {
             int64_t s = dg_trainer_step_count(tr);
             if (s != last_ckpt_step && (rc = save_ckpt(w, tr, last_train, last_val, err,
@@ -255,7 +266,7 @@ static void run_train(dg_work *w) {
             }
             return;
         }
-        if (atomic_exchange(&W.flags.checkpoint, 0)) {
+        if (atomic_exchange(&tl_dev->flags.checkpoint, 0)) {
             if ((rc = save_ckpt(w, tr, last_train, last_val, err, sizeof err))) goto fail;
             last_ckpt_step = dg_trainer_step_count(tr);
         }
@@ -339,7 +350,7 @@ static void run_bench(dg_work *w) {
     if (mc.vocab_size <= 0) mc.vocab_size = 259;
     int B = w->train.batch_size, T = w->train.block_size;
     int64_t iters = w->bench_steps > 0 ? w->bench_steps : 5;
-    dg_backend_params bp = {0};
+    dg_backend_params bp = {.device = w->device};
     if ((rc = dg_backend_open(w->backend, &bp, &be))) {
         snprintf(err, sizeof err, "backend %s: %s", w->backend, dg_strerror(rc));
         goto fail;
@@ -361,7 +372,7 @@ static void run_bench(dg_work *w) {
     double t0 = 0;
     for (int64_t i = -1; i < iters; i++) {       /* one warm-up */
         if (i == 0) t0 = dg_now();
-        if (atomic_load(&W.flags.cancel)) goto cancelled;
+        if (atomic_load(&tl_dev->flags.cancel)) goto cancelled;
         if ((rc = dg_model_zero_grad(m)) ||
             (rc = dg_model_forward(m, tok, tgt, true, (uint64_t)i, &loss)) ||
             (rc = dg_model_backward(m))) {
@@ -403,7 +414,7 @@ static void run_bench(dg_work *w) {
         int32_t next[8] = {0};
         double t1 = dg_now();
         for (int g = 0; g < gen; g++) {
-            if (atomic_load(&W.flags.cancel)) { json_decref(results); goto cancelled; }
+            if (atomic_load(&tl_dev->flags.cancel)) { json_decref(results); goto cancelled; }
             if ((rc = dg_infer_step(ix, nb, st, next, logits))) break;
             for (int b = 0; b < nb; b++) next[b] = (int32_t)((g * 7 + b) % mc.vocab_size);
         }
@@ -419,7 +430,7 @@ static void run_bench(dg_work *w) {
                                                  (ds > 0 ? ds : 1e-9), "seconds", ds));
     }
     json_t *env = json_pack("{s:s, s:I, s:s}", "backend", w->backend, "n_params",
-                            (json_int_t)dg_model_n_params(&mc), "device", "cpu");
+                            (json_int_t)dg_model_n_params(&mc), "device", tl_dev->name);
     json_object_set_new(env, "config", dg_config_to_json(&mc, &w->train));
     dg_outbox_post(job, "bench", json_pack("{s:o, s:o}", "env", env, "results", results));
     {
@@ -443,76 +454,188 @@ out:
     dg_free(logits);
 }
 
-/* ---- the thread ----------------------------------------------------------------------------- */
+/* ---- the threads ---------------------------------------------------------------------------- */
 static void *thread_main(void *arg) {
-    (void)arg;
+    device *d = arg;
+    tl_dev = d;
     for (;;) {
-        pthread_mutex_lock(&W.mu);
-        while (!W.pending && !W.quit) pthread_cond_wait(&W.cv, &W.mu);
-        if (W.quit && !W.pending) {
-            W.exited = true;
-            pthread_mutex_unlock(&W.mu);
+        pthread_mutex_lock(&d->mu);
+        while (!d->pending && !d->quit) pthread_cond_wait(&d->cv, &d->mu);
+        if (d->quit && !d->pending) {
+            d->exited = true;
+            pthread_mutex_unlock(&d->mu);
             return NULL;
         }
-        dg_work *w = W.pending;
-        W.pending = NULL;
-        pthread_mutex_unlock(&W.mu);
+        dg_work *w = d->pending;
+        d->pending = NULL;
+        pthread_mutex_unlock(&d->mu);
+        dg_free(w->backend);                  /* the device decides the backend */
+        w->backend = dg_strdup(d->backend);
+        w->device = d->index;
         tl_job = w->job_id;
         if (!strcmp(w->kind, "bench")) run_bench(w);
         else run_train(w);
         tl_job = NULL;
         dg_work_free(w);
-        pthread_mutex_lock(&W.mu);
-        W.busy = false;
-        pthread_mutex_unlock(&W.mu);
+        pthread_mutex_lock(&d->mu);
+        d->busy = false;
+        d->job[0] = 0;
+        pthread_mutex_unlock(&d->mu);
     }
+}
+
+static void add_device(const char *name, const char *kind, const char *backend, int index) {
+    if (n_dev >= DG_MAX_DEVICES) return;
+    device *d = &D[n_dev++];
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "%s", name);
+    snprintf(d->kind, sizeof d->kind, "%s", kind);
+    snprintf(d->backend, sizeof d->backend, "%s", backend);
+    d->index = index;
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
 }
 
 int dg_worker_start(uv_loop_t *loop, void (*on_events)(dg_outmsg *list)) {
     (void)loop; (void)on_events;
-    pthread_mutex_init(&W.mu, NULL);
-    pthread_cond_init(&W.cv, NULL);
+    n_dev = 0;
+    add_device("cpu", "cpu", dg_srv.settings.backend[0] ? dg_srv.settings.backend : "cpu", 0);
+    if (dg_backend_find("cuda")) {            /* GPUs: one engine thread each */
+        dg_device_info info[DG_MAX_DEVICES - 1];
+        int n = dg_backend_devices("cuda", info, DG_MAX_DEVICES - 1);
+        for (int i = 0; i < n && i < DG_MAX_DEVICES - 1; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "cuda:%d", i);
+            add_device(name, "cuda", "cuda", i);
+            DG_INFO("device %s: %s, %.1f GiB", name, info[i].name,
+                    (double)info[i].mem_total / (1024.0 * 1024 * 1024));
+        }
+    }
     dg_log_set_hook(log_hook, NULL);
-    if (pthread_create(&W.th, NULL, thread_main, NULL) != 0) return DG_EINTERNAL;
-    W.started = true;
+    for (int i = 0; i < n_dev; i++) {
+        if (pthread_create(&D[i].th, NULL, thread_main, &D[i]) != 0) return DG_EINTERNAL;
+        D[i].started = true;
+    }
     return 0;
 }
 
-int dg_worker_submit(dg_work *w) {
-    pthread_mutex_lock(&W.mu);
-    if (W.busy || W.pending) {
-        pthread_mutex_unlock(&W.mu);
-        return DG_EBUSY;
+int dg_worker_count(void) { return n_dev; }
+
+static bool matches(const device *d, const char *req) {
+    if (!req || !*req || !strcmp(req, "auto")) return true;
+    if (!strcmp(req, "cuda") || !strcmp(req, "gpu")) return !strcmp(d->kind, "cuda");
+    return !strcmp(req, d->name);
+}
+
+bool dg_worker_device_exists(const char *req) {
+    for (int i = 0; i < n_dev; i++)
+        if (matches(&D[i], req)) return true;
+    return false;
+}
+
+/* The device a job for req goes to now: an idle GPU first (for auto and cuda), else the CPU.
+ * Loop thread; -1 when none is idle. */
+static int pick(const char *req) {
+    int best = -1;
+    for (int i = n_dev - 1; i >= 0; i--) {      /* GPUs come after the CPU: try them first */
+        if (!matches(&D[i], req)) continue;
+        pthread_mutex_lock(&D[i].mu);
+        bool idle = !D[i].busy && !D[i].pending;
+        pthread_mutex_unlock(&D[i].mu);
+        if (idle && (best < 0 || !strcmp(D[best].kind, "cpu"))) best = i;
     }
-    W.pending = w;
-    W.busy = true;
-    pthread_cond_signal(&W.cv);
-    pthread_mutex_unlock(&W.mu);
+    return best;
+}
+
+bool dg_worker_can_place(const char *req) { return pick(req) >= 0; }
+
+int dg_worker_submit(dg_work *w, char *dev_out) {
+    if (!dg_worker_device_exists(w->device_req)) return DG_ENOTFOUND;
+    int i = pick(w->device_req);
+    if (i < 0) return DG_EBUSY;
+    device *d = &D[i];
+    pthread_mutex_lock(&d->mu);
+    atomic_store(&d->flags.cancel, 0);
+    atomic_store(&d->flags.pause, 0);
+    atomic_store(&d->flags.checkpoint, 0);
+    d->pending = w;
+    d->busy = true;
+    snprintf(d->job, sizeof d->job, "%s", w->job_id);
+    if (dev_out) snprintf(dev_out, 32, "%s", d->name);
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
     return 0;
+}
+
+dg_work_flags *dg_worker_flags_for(const char *job_id) {
+    for (int i = 0; i < n_dev; i++) {
+        pthread_mutex_lock(&D[i].mu);
+        bool mine = D[i].busy && !strcmp(D[i].job, job_id);
+        pthread_mutex_unlock(&D[i].mu);
+        if (mine) return &D[i].flags;
+    }
+    return NULL;
+}
+
+json_t *dg_worker_devices_json(void) {
+    json_t *arr = json_array();
+    dg_device_info gpu[DG_MAX_DEVICES], host[1];
+    int ng = dg_backend_find("cuda") ? dg_backend_devices("cuda", gpu, DG_MAX_DEVICES) : 0;
+    int nh = dg_backend_devices("cpu", host, 1);
+    for (int i = 0; i < n_dev; i++) {
+        device *d = &D[i];
+        const dg_device_info *inf = NULL;
+        if (!strcmp(d->kind, "cuda") && d->index < ng) inf = &gpu[d->index];
+        if (!strcmp(d->kind, "cpu") && nh > 0) inf = &host[0];
+        char job[DG_ID_LEN];
+        pthread_mutex_lock(&d->mu);
+        snprintf(job, sizeof job, "%s", d->job);
+        pthread_mutex_unlock(&d->mu);
+        json_t *o = json_pack("{s:s, s:s, s:i, s:s}", "name", d->name, "kind", d->kind, "index",
+                              d->index, "backend", d->backend);
+        if (inf) {
+            json_object_set_new(o, "model", json_string(inf->name));
+            json_object_set_new(o, "mem_total_mb", json_integer((json_int_t)(inf->mem_total >> 20)));
+            json_object_set_new(o, "mem_used_mb", json_integer((json_int_t)(inf->mem_used >> 20)));
+            json_object_set_new(o, "util_pct", inf->util_pct >= 0 ? json_integer(inf->util_pct)
+                                                                  : json_null());
+        }
+        json_object_set_new(o, "holder", job[0] ? json_pack("{s:s, s:s}", "kind", "job", "id", job)
+                                                : json_null());
+        json_array_append_new(arr, o);
+    }
+    return arr;
 }
 
 void dg_worker_stop(double timeout_s) {
-    if (!W.started) return;
-    pthread_mutex_lock(&W.mu);
-    W.quit = true;
-    pthread_cond_signal(&W.cv);
-    pthread_mutex_unlock(&W.mu);
     double t_end = dg_now() + timeout_s;
-    for (;;) {
-        pthread_mutex_lock(&W.mu);
-        bool done = W.exited;
-        pthread_mutex_unlock(&W.mu);
-        if (done) {
-            pthread_join(W.th, NULL);
-            break;
-        }
-        if (dg_now() > t_end) {
-            pthread_detach(W.th);     /* still inside a step; the process exits around it */
-            break;
-        }
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+    for (int i = 0; i < n_dev; i++) {
+        device *d = &D[i];
+        if (!d->started) continue;
+        pthread_mutex_lock(&d->mu);
+        d->quit = true;
+        pthread_cond_signal(&d->cv);
+        pthread_mutex_unlock(&d->mu);
     }
-    W.started = false;
+    for (int i = 0; i < n_dev; i++) {
+        device *d = &D[i];
+        if (!d->started) continue;
+        for (;;) {
+            pthread_mutex_lock(&d->mu);
+            bool done = d->exited;
+            pthread_mutex_unlock(&d->mu);
+            if (done) {
+                pthread_join(d->th, NULL);
+                break;
+            }
+            if (dg_now() > t_end) {
+                pthread_detach(d->th);   /* still inside a step; the process exits around it */
+                break;
+            }
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        d->started = false;
+    }
     dg_log_set_hook(NULL, NULL);
 }

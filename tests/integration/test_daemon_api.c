@@ -464,6 +464,57 @@ START_TEST(system_page_and_bench) {
 }
 END_TEST
 
+/* ---- devices: discovery, placement, validation ---------------------------------------------- */
+START_TEST(devices_and_placement) {
+    ck_assert_int_eq(dgd_start(&D, NULL), 0);
+    json_t *sys = dgd_get_json(&D, "/v1/system");
+    ck_assert_ptr_nonnull(sys);
+    json_t *devs = json_object_get(sys, "devices");
+    size_t n = json_array_size(devs);
+    ck_assert_uint_ge(n, 1);
+    json_t *cpu = json_array_get(devs, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(cpu, "name")), "cpu");
+    ck_assert(json_integer_value(json_object_get(cpu, "mem_total_mb")) > 0);
+    /* gpus lists exactly the cuda devices (none on a machine without a GPU) */
+    size_t ng = 0;
+    for (size_t i = 0; i < n; i++)
+        ng += !strcmp(json_string_value(json_object_get(json_array_get(devs, i), "kind")), "cuda");
+    ck_assert_uint_eq(json_array_size(json_object_get(sys, "gpus")), ng);
+    json_decref(sys);
+    /* a device that does not exist is a 422 naming the field */
+    dgd_resp r;
+    long st = dgd_http(&D, "POST", "/v1/jobs", "{\"kind\":\"bench\",\"config\":{\"preset\":"
+                       "\"tiny\"},\"device\":\"cuda:42\"}", -1, NULL, &r);
+    char param[64] = "";
+    ck_assert_int_eq(st, 422);
+    ck_assert_str_eq(dgd_err_code(&r, param, sizeof param), "unknown_device");
+    ck_assert_str_eq(param, "/device");
+    dgd_resp_free(&r);
+    st = dgd_http(&D, "POST", "/v1/jobs", "{\"kind\":\"bench\",\"device\":7}", -1, NULL, &r);
+    ck_assert_int_eq(st, 400);
+    dgd_resp_free(&r);
+    /* a job that names the cpu runs there, and the log says where it was placed */
+    const char *id0 = dgd_submit(&D, "{\"kind\":\"bench\",\"config\":{\"preset\":\"tiny\"},"
+                                     "\"data\":{\"bench_steps\":1},\"device\":\"cpu\"}");
+    ck_assert_ptr_nonnull(id0);
+    char id[64], p[200];
+    snprintf(id, sizeof id, "%s", id0);
+    ck_assert(dgd_wait(&D, id, "succeeded", 0, 60));
+    snprintf(p, sizeof p, "/v1/jobs/%s/logs", id);
+    st = dgd_http(&D, "GET", p, NULL, 0, NULL, &r);
+    ck_assert_int_eq(st, 200);
+    ck_assert_msg(strstr(r.body, "placed on device cpu"), "%s", r.body);
+    dgd_resp_free(&r);
+    /* /metrics carries the per-device gauges */
+    st = dgd_http(&D, "GET", "/metrics", NULL, 0, NULL, &r);
+    ck_assert_int_eq(st, 200);
+    ck_assert_ptr_nonnull(strstr(r.body, "dragond_device_mem_used_bytes{device=\"cpu\"}"));
+    ck_assert_ptr_nonnull(strstr(r.body, "dragond_device_busy{device=\"cpu\"} 0"));
+    dgd_resp_free(&r);
+    ck_assert_int_eq(dgd_stop(&D, SIGTERM, 20), 0);
+}
+END_TEST
+
 /* ---- dataset preset over a local HTTP server ------------------------------------------------ */
 typedef struct { int lfd; char *data; size_t n; int served; } mini_http;
 static void *serve_once(void *p) {
@@ -650,6 +701,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, slow_sse_reader_does_not_stall);
     tcase_add_test(tc, stalled_sse_reader_is_closed);
     tcase_add_test(tc, system_page_and_bench);
+    tcase_add_test(tc, devices_and_placement);
     tcase_add_test(tc, shakespeare_preset);
     tcase_add_test(tc, shipped_job_specs_validate);
     tcase_add_test(tc, exports_wired);
