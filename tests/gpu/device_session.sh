@@ -5,6 +5,7 @@
 # (../shared/tools/devlibs.sh); logs go to $OUT (or ./gpu-out). STAGES is a comma list of:
 #   info      nvidia-smi, driver, torch version
 #   ops       tests/gpu/test_cuda_ops           model   tests/gpu/test_cuda_model
+#   daemon    tests/gpu/test_daemon_gpu (needs .gpubin/dragond and config/ + clients/ of the repo)
 #   bench     bench/gpu_train_bench, one row at a time (BENCH_ROWS, default paper base decode1
 #             decode64), nvidia-smi sampling the card's peak memory per row
 #   tf32      the paper/base rows again with DG_CUDA_GEMM=tf32 and with DG_CUDA_CVT=0
@@ -39,6 +40,12 @@ if has model; then
   stamp model
   timeout 400 $bin/test_cuda_model 2>&1 | tee "$out/test_cuda_model.log" | grep -v '^\[info\]'
   echo "test_cuda_model exit ${PIPESTATUS[0]}"
+fi
+if has daemon; then
+  stamp daemon
+  DG_BUILD=$bin timeout 400 $bin/test_daemon_gpu 2>&1 | tee "$out/test_daemon_gpu.log" \
+    | grep -v '^\[info\]' | tail -15
+  echo "test_daemon_gpu exit ${PIPESTATUS[0]}"
 fi
 if has bench; then
   stamp bench
