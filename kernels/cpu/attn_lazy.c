@@ -12,9 +12,6 @@
 int dg__cpu_attn_step_lazy(dg_backend_t *be, int B, const dg_tensor *rho, float *scale,
                            dg_tensor out, dg_tensor q, dg_tensor v, const float *gamma);
 
-typedef void (*dg_pool_fn)(void *arg, int tid, int nt);
-void dg__cpu_pool_run(dg_pool_fn fn, void *arg);
-
 #define MAX_STACK_IDX 32768
 
 typedef struct {
@@ -43,6 +40,10 @@ static void step_pair(step_job *j, int64_t b, int64_t h, int32_t *idx) {
     for (int64_t a = 0; a < na; a++) {         /* read the old row, then write it */
         float qn = qh[idx[a]], qw = qn * inv;
         float *restrict row = Rh + (int64_t)idx[a] * D;
+        if (a + 2 < na) {                      /* rows are scattered: fetch two ahead */
+            const char *nx = (const char *)(Rh + (int64_t)idx[a + 2] * D);
+            for (int64_t off = 0; off < D * 4; off += 64) __builtin_prefetch(nx + off, 1, 3);
+        }
         for (int64_t d = 0; d < D; d++) {
             o[d] += qn * row[d];
             row[d] += qw * vb[d];
@@ -58,13 +59,11 @@ static void step_pair(step_job *j, int64_t b, int64_t h, int32_t *idx) {
     }
 }
 
-/* Pairs are dealt round-robin to the threads, the same way every step. */
-static void step_job_run(void *arg, int tid, int nt) {
-    step_job *j = arg;
+static void step_job_run(step_job *j) {
     int32_t stack_idx[j->Nq <= MAX_STACK_IDX ? j->Nq : 1];
     int32_t *idx = j->Nq <= MAX_STACK_IDX ? stack_idx : dg_try_malloc((size_t)j->Nq * sizeof *idx);
     if (!idx) { j->err = DG_ENOMEM; return; }
-    for (int64_t p = tid; p < (int64_t)j->B * j->H; p += nt) step_pair(j, p / j->H, p % j->H, idx);
+    for (int64_t p = 0; p < (int64_t)j->B * j->H; p++) step_pair(j, p / j->H, p % j->H, idx);
     if (idx != stack_idx) dg_free(idx);
 }
 
@@ -74,7 +73,6 @@ int dg__cpu_attn_step_lazy(dg_backend_t *be, int B, const dg_tensor *rho, float 
     step_job j = {.B = B, .Nq = q.ne[0], .D = v.ne[0], .rho = rho, .scale = scale,
                   .Q = dg_t_host(q), .V = dg_t_host(v), .gamma = gamma, .O = dg_t_host(out)};
     j.H = dg_nelem(q) / ((int64_t)B * j.Nq);
-    if ((int64_t)B * j.H > 1) dg__cpu_pool_run(step_job_run, &j);
-    else step_job_run(&j, 0, 1);
+    step_job_run(&j);
     return j.err;
 }

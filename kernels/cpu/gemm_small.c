@@ -32,9 +32,6 @@ static inline float dot(const float *restrict a, const float *restrict b, int64_
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
 }
 
-typedef void (*dg_pool_fn)(void *arg, int tid, int nt);
-void dg__cpu_pool_run(dg_pool_fn fn, void *arg);
-
 /* Columns [j_lo, j_hi) of every batch item and row. */
 static void gemm_cols(const dg_gemm_desc *d, int64_t j_lo, int64_t j_hi) {
     int64_t M = d->M, K = d->K;
@@ -79,19 +76,9 @@ static void gemm_cols(const dg_gemm_desc *d, int64_t j_lo, int64_t j_hi) {
     }
 }
 
-/* Thread tid takes an equal, 16-aligned share of the columns: the same share every call, so
- * each core keeps its half of the weights in its own cache. */
-static void gemm_job(void *arg, int tid, int nt) {
-    const dg_gemm_desc *d = arg;
-    int64_t per = ((d->N + nt - 1) / nt + 15) & ~(int64_t)15;
-    int64_t lo = tid * per, hi = lo + per < d->N ? lo + per : d->N;
-    if (lo < hi) gemm_cols(d, lo, hi);
-}
-
 /* Returns 1 when it computed the GEMM, 0 when the shape is not for it (caller uses sgemm). */
 int dg__cpu_gemm_small(const dg_gemm_desc *d) {
     if (d->M > SMALL_M || d->A.trans) return 0;
-    if (d->N >= 64 && d->M * d->N * d->K * d->batch >= 32768) dg__cpu_pool_run(gemm_job, (void *)d);
-    else gemm_cols(d, 0, d->N);
+    gemm_cols(d, 0, d->N);
     return 1;
 }
