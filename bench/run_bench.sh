@@ -11,8 +11,9 @@
 # Thread affinity: runs one benchmark process at a time; each gets 2 threads.
 #
 # Environment knobs:
-#   OPENBLAS_CORETYPE       default Haswell (the CI setting; unset, OpenBLAS picks Prescott on the
-#                           dev VM). Both sides run under the same value; it is recorded.
+#   OPENBLAS_CORETYPE       default SkylakeX on AVX-512 CPUs, else Haswell (unset, Debian's
+#                           OpenBLAS picks Prescott on the dev VM). Both sides run under the same
+#                           value; it is recorded.
 #   DG_BENCH_DATA           text corpus (default ../shared/data/tinyshakespeare.txt)
 #   DG_BENCH_CONFIG_DIR     model presets (default config/models)
 #   DG_BENCH_TRAIN_STEPS    timed training steps per side (default 3; +1 untimed warm-up)
@@ -41,7 +42,16 @@ DTOK=${DG_BENCH_DECODE_TOKENS:-64}
 QUALITY=${DG_BENCH_QUALITY:-1}
 RESULTS=${DG_BENCH_RESULTS:-bench/RESULTS.md}
 THREADS=2
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
+# The same kernel choice dragond makes for itself when unset (server/main.c): AVX-512 -> SkylakeX,
+# else Haswell. Exported, so the peer (torch links the same OpenBLAS) runs under it too.
+if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+    if grep -qw avx512bw /proc/cpuinfo && grep -qw avx512dq /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
+        OPENBLAS_CORETYPE=SkylakeX
+    else
+        OPENBLAS_CORETYPE=Haswell
+    fi
+fi
+export OPENBLAS_CORETYPE
 export OPENBLAS_NUM_THREADS=$THREADS
 export OMP_NUM_THREADS=$THREADS
 

@@ -10,6 +10,7 @@
  * Exit codes (every subcommand): 0 success, 1 runtime failure (data, checkpoint, device),
  * 2 usage or configuration error, 3 training stopped on a non-finite loss, 130 interrupted.
  * Thread affinity: main thread. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,14 +42,16 @@ static void usage(FILE *f) {
 
 /* OpenBLAS picks its kernels when it is loaded. The Debian build (0.3.21) does not know
  * recent Xeons (Sapphire Rapids) and falls back to its slowest (SSE3 "Prescott") kernels, about
- * 8x slower for sgemm. When the user has not chosen, and the CPU has AVX2 and FMA, dragond
- * re-executes itself once with OPENBLAS_CORETYPE=Haswell (AVX2 kernels: exact, and supported
- * by every CPU that has those flags). DRAGOND_NO_BLAS_PIN=1 turns this off. */
+ * 8x slower for sgemm. When the user has not chosen, dragond re-executes itself once with
+ * OPENBLAS_CORETYPE set from the CPU's own flags: SkylakeX (AVX-512 F/BW/DQ/VL) or Haswell
+ * (AVX2 + FMA). DRAGOND_NO_BLAS_PIN=1 turns this off. */
 static void pin_openblas_kernels(char **argv) {
     if (getenv("OPENBLAS_CORETYPE") || getenv("DRAGOND_NO_BLAS_PIN")) return;
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return;
-    setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+    bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    setenv("OPENBLAS_CORETYPE", avx512 ? "SkylakeX" : "Haswell", 1);
     execv("/proc/self/exe", argv);   /* returns only on failure: then carry on as we are */
 }
 
