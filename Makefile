@@ -136,10 +136,15 @@ $(BUILD)/bench/%: bench/%.c $(LIBPROTO) $(LIBENGINE)
 # ---- set-up --------------------------------------------------------------------------------
 DEB_PACKAGES := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
                 libopenblas-dev libsqlite3-dev libzstd-dev check libcurl4-openssl-dev curl \
-                sqlite3 libvulkan-dev glslc mesa-vulkan-drivers nodejs npm chromium python3
+                sqlite3 libvulkan-dev glslc mesa-vulkan-drivers python3
+# Node.js + npm (the OpenAI client test) and Chromium (the runs-page test) are installed only when
+# their commands are missing: a machine may already have Node.js from another source, whose npm
+# conflicts with Debian's npm package.
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$(echo $$missing)" ]; then \
 	  echo "installing:" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "all Debian packages present"; fi
