@@ -1,9 +1,12 @@
 /* server/http.c -- libmicrohttpd driven from the libuv loop, the router, responses with the one
  * error envelope, bearer-token and Host-header checks, body limits, and SSE streams.
  *
- * MHD runs in external-polling mode with MHD_USE_EPOLL: its epoll fd is watched by a uv_poll_t
- * and a uv_timer_t follows MHD_get_timeout, so every handler, content reader and completion
- * callback runs on the LOOP thread and may touch SQLite and the job table directly. SSE streams
+ * MHD runs in external-select mode, level-triggered (MHD_USE_EPOLL is edge-triggered, and
+ * 0.9.75 loses the write edge of a connection resumed while its peer's buffer is full: a slow
+ * SSE reader stalled for good). A small poller thread waits in select() on the fd sets MHD asks
+ * for (MHD_get_fdset2, taken on the loop thread after every MHD_run) and wakes the loop with
+ * uv_async_send; the loop calls MHD_run; a uv_timer_t follows MHD_get_timeout. So every handler,
+ * content reader and completion callback runs on the LOOP thread and may touch SQLite and the job table directly. SSE streams
  * are content-reader responses backed by the events table: a stream keeps the id of the last
  * event it sent and pulls the next page from SQLite when its small buffer has drained, so a slow
  * reader costs one page of memory and never stalls anyone else. With nothing to send it is
@@ -20,7 +23,10 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <sys/select.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -69,7 +75,7 @@ struct dg_stream {
 static struct {
     uv_loop_t         *loop;
     struct MHD_Daemon *d;
-    uv_poll_t          poll;
+    uv_async_t         wake;          /* the poller saw a ready fd */
     uv_timer_t         timer, ping;
     const dg_settings *s;
     char               token[256];
@@ -609,15 +615,76 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 /* ---- the loop side -------------------------------------------------------------------------- */
 static void run_mhd(void);
 
-static void on_timer(uv_timer_t *t) { (void)t; run_mhd(); }
-static void on_poll(uv_poll_t *p, int status, int events) {
-    (void)p; (void)status; (void)events;
+/* Safety net for job streams: a suspended stream whose job has events it has not sent yet is
+ * woken here too (at least once a second), so a wake-up lost anywhere between the outbox and
+ * MHD costs at most a second, never a stalled stream. */
+static void wake_behind_streams(void) {
+    for (dg_stream *s = H.streams; s; s = s->next)
+        if (s->suspended && !s->push && (s->drain || dg_db_event_max(s->job_id) > s->last_seq))
+            stream_wake(s);
+}
+
+static void on_timer(uv_timer_t *t) {
+    (void)t;
+    wake_behind_streams();
     run_mhd();
+}
+static void on_wake(uv_async_t *a) { (void)a; run_mhd(); }
+
+/* The poller thread: select() over the fd sets the loop thread handed it, then one
+ * uv_async_send. It never calls MHD; a self-pipe in the read set interrupts it for re-arming and
+ * for shutdown. */
+static struct {
+    pthread_t       th;
+    pthread_mutex_t mu;
+    pthread_cond_t  cv;
+    bool            armed, quit, started;
+    fd_set          rs, ws, es;
+    int             maxfd;
+    int             pipe[2];
+} P;
+
+static void *poller_main(void *arg) {
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&P.mu);
+        while (!P.armed && !P.quit) pthread_cond_wait(&P.cv, &P.mu);
+        if (P.quit) { pthread_mutex_unlock(&P.mu); return NULL; }
+        fd_set rs = P.rs, ws = P.ws, es = P.es;
+        int maxfd = P.maxfd;
+        P.armed = false;
+        pthread_mutex_unlock(&P.mu);
+        FD_SET(P.pipe[0], &rs);
+        if (P.pipe[0] > maxfd) maxfd = P.pipe[0];
+        struct timeval tv = {1, 0};
+        int n = select(maxfd + 1, &rs, &ws, &es, &tv);
+        if (n > 0 && FD_ISSET(P.pipe[0], &rs)) {
+            char b[64];
+            while (read(P.pipe[0], b, sizeof b) > 0) {}
+        }
+        uv_async_send(&H.wake);
+    }
+}
+
+/* Hands MHD's current fd sets to the poller (loop thread, after MHD_run). */
+static void poller_arm(void) {
+    pthread_mutex_lock(&P.mu);
+    FD_ZERO(&P.rs);
+    FD_ZERO(&P.ws);
+    FD_ZERO(&P.es);
+    MHD_socket maxfd = 0;
+    if (MHD_get_fdset2(H.d, &P.rs, &P.ws, &P.es, &maxfd, FD_SETSIZE) != MHD_YES) maxfd = 0;
+    P.maxfd = (int)maxfd;
+    P.armed = true;
+    pthread_cond_signal(&P.cv);
+    pthread_mutex_unlock(&P.mu);
+    if (write(P.pipe[1], "x", 1) < 0) {}      /* a select() in progress restarts with these */
 }
 
 static void run_mhd(void) {
     if (!H.d) return;
     MHD_run(H.d);
+    poller_arm();
     MHD_UNSIGNED_LONG_LONG ms = 1000;
     if (MHD_get_timeout(H.d, &ms) != MHD_YES || ms > 1000) ms = 1000;
     uv_timer_start(&H.timer, on_timer, (uint64_t)ms, 0);
@@ -663,7 +730,7 @@ int dg_http_start(uv_loop_t *loop, const dg_settings *s, const char *token, char
                  "pass --token-file FILE (created with a random token if missing)", s->listen);
         return DG_EINVAL;
     }
-    H.d = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
+    H.d = MHD_start_daemon(MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
                            0, NULL, NULL, on_access, NULL,
                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
@@ -686,9 +753,23 @@ int dg_http_start(uv_loop_t *loop, const dg_settings *s, const char *token, char
         return DG_EIO;
     }
     snprintf(bound, bound_n, "%s:%u", H.listen_host, (unsigned)ntohs(got.sin_port));
-    const union MHD_DaemonInfo *ei = MHD_get_daemon_info(H.d, MHD_DAEMON_INFO_EPOLL_FD);
-    uv_poll_init(loop, &H.poll, ei->epoll_fd);
-    uv_poll_start(&H.poll, UV_READABLE, on_poll);
+    memset(&P, 0, sizeof P);
+    pthread_mutex_init(&P.mu, NULL);
+    pthread_cond_init(&P.cv, NULL);
+    if (pipe2(P.pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+        snprintf(err, n, "cannot create the poller's pipe");
+        MHD_stop_daemon(H.d);
+        H.d = NULL;
+        return DG_EIO;
+    }
+    uv_async_init(loop, &H.wake, on_wake);
+    if (pthread_create(&P.th, NULL, poller_main, NULL) != 0) {
+        snprintf(err, n, "cannot start the poller thread");
+        MHD_stop_daemon(H.d);
+        H.d = NULL;
+        return DG_EIO;
+    }
+    P.started = true;
     uv_timer_init(loop, &H.timer);
     uv_timer_init(loop, &H.ping);
     uint64_t pi = (uint64_t)s->sse_ping_interval_s * 1000;
@@ -706,10 +787,20 @@ void dg_http_quiesce(void) {
 void dg_http_stop(void) {
     if (!H.d) return;
     for (dg_stream *s = H.streams; s; s = s->next) stream_wake(s);
-    uv_poll_stop(&H.poll);
+    if (P.started) {
+        pthread_mutex_lock(&P.mu);
+        P.quit = true;
+        pthread_cond_signal(&P.cv);
+        pthread_mutex_unlock(&P.mu);
+        if (write(P.pipe[1], "q", 1) < 0) {}
+        pthread_join(P.th, NULL);
+        P.started = false;
+        close(P.pipe[0]);
+        close(P.pipe[1]);
+    }
     uv_timer_stop(&H.timer);
     uv_timer_stop(&H.ping);
-    uv_close((uv_handle_t *)&H.poll, NULL);
+    uv_close((uv_handle_t *)&H.wake, NULL);
     uv_close((uv_handle_t *)&H.timer, NULL);
     uv_close((uv_handle_t *)&H.ping, NULL);
     MHD_stop_daemon(H.d);

@@ -52,7 +52,11 @@ static void pin_openblas_kernels(char **argv) {
     bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     setenv("OPENBLAS_CORETYPE", avx512 ? "SkylakeX" : "Haswell", 1);
-    execv("/proc/self/exe", argv);   /* returns only on failure: then carry on as we are */
+    char self[4096];                /* exec the real path, so the process keeps its name */
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return;
+    self[n] = 0;
+    execv(self, argv);              /* returns only on failure: then carry on as we are */
 }
 
 int main(int argc, char **argv) {

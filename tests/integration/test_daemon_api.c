@@ -377,7 +377,8 @@ START_TEST(slow_sse_reader_does_not_stall) {
         all[len] = 0;
         ended = strstr(all, "event: end") != NULL;
     }
-    ck_assert(ended);
+    ck_assert_msg(ended, "slow reader got %zu bytes without an end event; last bytes: %s", len,
+                  len > 300 ? all + len - 300 : all);
     ck_assert_ptr_nonnull(strstr(all, "HTTP/1.1 200"));
     int n_progress = 0;
     for (char *q = all; (q = strstr(q, "event: progress")); q++) n_progress++;
