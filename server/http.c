@@ -1,12 +1,14 @@
 /* server/http.c -- libmicrohttpd driven from the libuv loop, the router, responses with the one
  * error envelope, bearer-token and Host-header checks, body limits, and SSE streams.
  *
- * MHD runs in external-select mode, level-triggered (MHD_USE_EPOLL is edge-triggered, and
- * 0.9.75 loses the write edge of a connection resumed while its peer's buffer is full: a slow
- * SSE reader stalled for good). A small poller thread waits in select() on the fd sets MHD asks
- * for (MHD_get_fdset2, taken on the loop thread after every MHD_run) and wakes the loop with
- * uv_async_send; the loop calls MHD_run; a uv_timer_t follows MHD_get_timeout. So every handler,
- * content reader and completion callback runs on the LOOP thread and may touch SQLite and the job table directly. SSE streams
+ * MHD runs in external-select mode. A small poller thread waits in select() on the fd sets MHD
+ * asks for (MHD_get_fdset2, taken on the loop thread after every MHD_run) and wakes the loop
+ * with uv_async_send; the loop calls MHD_run and re-arms the poller, which then starts a new
+ * select at most every 2 ms. Driven only by socket events (epoll, or select with a wake pipe
+ * used sparingly), libmicrohttpd 0.9.75 left resumed streaming connections waiting for good
+ * when their peer had been slow (a slow SSE reader stalled mid-stream); running MHD this often
+ * keeps them moving at ~2.5% of a core when idle. A uv_timer_t follows MHD_get_timeout too. So
+ * every handler, content reader and completion callback runs on the LOOP thread and may touch SQLite and the job table directly. SSE streams
  * are content-reader responses backed by the events table: a stream keeps the id of the last
  * event it sent and pulls the next page from SQLite when its small buffer has drained, so a slow
  * reader costs one page of memory and never stalls anyone else. With nothing to send it is
@@ -632,13 +634,13 @@ static void on_timer(uv_timer_t *t) {
 static void on_wake(uv_async_t *a) { (void)a; run_mhd(); }
 
 /* The poller thread: select() over the fd sets the loop thread handed it, then one
- * uv_async_send. It never calls MHD; a self-pipe in the read set interrupts it for re-arming and
- * for shutdown. */
+ * uv_async_send. It never calls MHD. Every re-arm writes the self-pipe, so each select returns
+ * at once and the loop runs MHD about every 2 ms (the usleep); see the file comment for why. */
 static struct {
     pthread_t       th;
     pthread_mutex_t mu;
     pthread_cond_t  cv;
-    bool            armed, quit, started;
+    bool            armed, quit, started, in_select;
     fd_set          rs, ws, es;
     int             maxfd;
     int             pipe[2];
@@ -647,21 +649,25 @@ static struct {
 static void *poller_main(void *arg) {
     (void)arg;
     for (;;) {
+        usleep(2000);                  /* at most ~500 MHD_run calls a second */
         pthread_mutex_lock(&P.mu);
         while (!P.armed && !P.quit) pthread_cond_wait(&P.cv, &P.mu);
         if (P.quit) { pthread_mutex_unlock(&P.mu); return NULL; }
         fd_set rs = P.rs, ws = P.ws, es = P.es;
         int maxfd = P.maxfd;
         P.armed = false;
+        P.in_select = true;
         pthread_mutex_unlock(&P.mu);
         FD_SET(P.pipe[0], &rs);
         if (P.pipe[0] > maxfd) maxfd = P.pipe[0];
         struct timeval tv = {1, 0};
         int n = select(maxfd + 1, &rs, &ws, &es, &tv);
-        if (n > 0 && FD_ISSET(P.pipe[0], &rs)) {
-            char b[64];
-            while (read(P.pipe[0], b, sizeof b) > 0) {}
-        }
+        pthread_mutex_lock(&P.mu);
+        P.in_select = false;
+        pthread_mutex_unlock(&P.mu);
+        char b[64];
+        while (read(P.pipe[0], b, sizeof b) > 0) {}     /* drop interrupts meant for this one */
+        (void)n;
         uv_async_send(&H.wake);
     }
 }
@@ -678,15 +684,18 @@ static void poller_arm(void) {
     P.armed = true;
     pthread_cond_signal(&P.cv);
     pthread_mutex_unlock(&P.mu);
-    if (write(P.pipe[1], "x", 1) < 0) {}      /* a select() in progress restarts with these */
+    if (write(P.pipe[1], "x", 1) < 0) {}      /* see poller_main: MHD runs again soon */
 }
 
 static void run_mhd(void) {
     if (!H.d) return;
     MHD_run(H.d);
     poller_arm();
-    MHD_UNSIGNED_LONG_LONG ms = 1000;
-    if (MHD_get_timeout(H.d, &ms) != MHD_YES || ms > 1000) ms = 1000;
+    /* With streams open MHD runs at least every 20 ms: libmicrohttpd 0.9.75 can leave a resumed
+     * streaming connection waiting for a socket event that never comes (a slow SSE reader then
+     * stalls for good); a short tick bounds that. Idle daemons tick once a second. */
+    MHD_UNSIGNED_LONG_LONG ms = 1000, cap = H.n_streams > 0 ? 20 : 1000;
+    if (MHD_get_timeout(H.d, &ms) != MHD_YES || ms > cap) ms = cap;
     uv_timer_start(&H.timer, on_timer, (uint64_t)ms, 0);
 }
 
