@@ -7,8 +7,9 @@
  * select at most every 2 ms. Driven only by socket events (epoll, or select with a wake pipe
  * used sparingly), libmicrohttpd 0.9.75 left resumed streaming connections waiting for good
  * when their peer had been slow (a slow SSE reader stalled mid-stream); running MHD this often
- * keeps them moving at ~2.5% of a core when idle. A uv_timer_t follows MHD_get_timeout too. So
- * every handler, content reader and completion callback runs on the LOOP thread and may touch SQLite and the job table directly. SSE streams
+ * keeps them moving at ~2.5% of a core when idle. A uv_timer_t follows MHD_get_timeout too.
+ * So every handler, content reader and completion callback runs on the LOOP thread and may
+ * touch SQLite and the job table directly. SSE streams
  * are content-reader responses backed by the events table: a stream keeps the id of the last
  * event it sent and pulls the next page from SQLite when its small buffer has drained, so a slow
  * reader costs one page of memory and never stalls anyone else. With nothing to send it is
