@@ -650,7 +650,10 @@ int main(int argc, char **argv) {
             if (miss) return dgc_usage(&c, NULL, "-o needs json or table%s", "");
             if (!strcmp(v, "json")) c.json = true;
             else if (!strcmp(v, "table") || !strcmp(v, "wide")) c.json = false;
-            else return dgc_usage(&c, NULL, "-o takes json or table, not '%s'", v);
+            else if (n_rest > 0 && !strcmp(rest[0], "export")) {   /* export -o DIR */
+                rest[n_rest++] = (char *)"--out";
+                rest[n_rest++] = (char *)v;
+            } else return dgc_usage(&c, NULL, "-o takes json or table, not '%s'", v);
         } else if (!strcmp(argv[i], "-ojson")) {
             c.json = true;
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {

@@ -182,49 +182,56 @@ static int cmd_generate(dgc_ctx *c, int argc, char **argv) {
             goto out;
         }
         if (!strcmp(argv[i], "--stream")) { stream = true; continue; }
-        if (dgc_opt(argc, argv, &i, "--model", "-m", &model, &missing)) { if (missing) break; continue; }
-        if (dgc_opt(argc, argv, &i, "--session", "-s", &session, &missing)) { if (missing) break; continue; }
-        if (dgc_opt(argc, argv, &i, "--max-tokens", "-n", &v, &missing)) {
-            if (missing) break;
-            if (!dgc_parse_long(v, 0, 1000000, &x)) { rc = dgc_usage(c, "generate", "bad --max-tokens '%s'", v); goto out; }
-            json_object_set_new(body, "max_tokens", json_integer(x));
-            continue;
+        /* integer options: name, short, JSON field, upper bound */
+        static const struct { const char *lng, *shrt, *field; long long hi; } ints[] = {
+            {"--max-tokens", "-n", "max_tokens", 1000000},
+            {"--seed", NULL, "seed", 1LL << 62},
+            {"--top-k", NULL, "top_k", 1 << 30},
+        };
+        static const struct { const char *lng, *shrt, *field; } reals[] = {
+            {"--temperature", "-t", "temperature"},
+            {"--top-p", NULL, "top_p"},
+        };
+        bool matched = false;
+        if (dgc_opt(argc, argv, &i, "--model", "-m", &model, &missing)) matched = true;
+        else if (dgc_opt(argc, argv, &i, "--session", "-s", &session, &missing)) matched = true;
+        else if (dgc_opt(argc, argv, &i, "--stop", NULL, &v, &missing)) {
+            matched = true;
+            if (!missing) json_array_append_new(stops, json_string(v));
         }
-        if (dgc_opt(argc, argv, &i, "--seed", NULL, &v, &missing)) {
+        for (size_t k = 0; !matched && k < sizeof ints / sizeof ints[0]; k++) {
+            if (!dgc_opt(argc, argv, &i, ints[k].lng, ints[k].shrt, &v, &missing)) continue;
+            matched = true;
             if (missing) break;
-            if (!dgc_parse_long(v, 0, 1LL << 62, &x)) { rc = dgc_usage(c, "generate", "bad --seed '%s'", v); goto out; }
-            json_object_set_new(body, "seed", json_integer(x));
-            continue;
+            if (!dgc_parse_long(v, 0, ints[k].hi, &x)) {
+                rc = dgc_usage(c, "generate", "bad value '%s'", v);
+                goto out;
+            }
+            json_object_set_new(body, ints[k].field, json_integer(x));
         }
-        if (dgc_opt(argc, argv, &i, "--top-k", NULL, &v, &missing)) {
-            if (missing) break;
-            if (!dgc_parse_long(v, 0, 1 << 30, &x)) { rc = dgc_usage(c, "generate", "bad --top-k '%s'", v); goto out; }
-            json_object_set_new(body, "top_k", json_integer(x));
-            continue;
+        for (size_t k = 0; !matched && k < sizeof reals / sizeof reals[0]; k++) {
+            if (!dgc_opt(argc, argv, &i, reals[k].lng, reals[k].shrt, &v, &missing)) continue;
+            matched = true;
+            if (!missing) json_object_set_new(body, reals[k].field, json_real(atof(v)));
         }
-        if (dgc_opt(argc, argv, &i, "--temperature", "-t", &v, &missing)) {
-            if (missing) break;
-            json_object_set_new(body, "temperature", json_real(atof(v)));
-            continue;
+        if (missing) break;
+        if (matched) continue;
+        if (argv[i][0] == '-' && argv[i][1]) {
+            rc = dgc_usage(c, "generate", "unknown option '%s'", argv[i]);
+            goto out;
         }
-        if (dgc_opt(argc, argv, &i, "--top-p", NULL, &v, &missing)) {
-            if (missing) break;
-            json_object_set_new(body, "top_p", json_real(atof(v)));
-            continue;
+        if (prompt) {
+            rc = dgc_usage(c, "generate", "one PROMPT only (quote it): '%s'", argv[i]);
+            goto out;
         }
-        if (dgc_opt(argc, argv, &i, "--stop", NULL, &v, &missing)) {
-            if (missing) break;
-            json_array_append_new(stops, json_string(v));
-            continue;
-        }
-        if (argv[i][0] == '-' && argv[i][1]) { rc = dgc_usage(c, "generate", "unknown option '%s'", argv[i]); goto out; }
-        if (prompt) { rc = dgc_usage(c, "generate", "one PROMPT only (quote it): '%s'", argv[i]); goto out; }
         prompt = argv[i];
     }
     if (missing) { rc = dgc_usage(c, "generate", "an option needs a value%s", ""); goto out; }
     if (!prompt) { rc = dgc_usage(c, "generate", "PROMPT is required%s", ""); goto out; }
-    if (!json_object_get(body, "max_tokens")) json_object_set_new(body, "max_tokens", json_integer(128));
-    if (!json_object_get(body, "temperature")) json_object_set_new(body, "temperature", json_real(0.8));
+    if (!json_object_get(body, "max_tokens"))
+        json_object_set_new(body, "max_tokens", json_integer(128));
+    if (!json_object_get(body, "temperature"))
+        json_object_set_new(body, "temperature", json_real(0.8));
     if (json_array_size(stops)) json_object_set(body, "stop", stops);
     json_object_set_new(body, "stream", json_boolean(stream));
     char path[400];
@@ -332,8 +339,14 @@ static int cmd_session(dgc_ctx *c, int argc, char **argv) {
     char *e = dgc_escape(argv[1]);
     char path[400];
     const char *method = "POST";
-    if (!strcmp(sub, "show")) { method = "GET"; snprintf(path, sizeof path, "/v1/sessions/%s", e); }
-    else if (!strcmp(sub, "rm")) { method = "DELETE"; snprintf(path, sizeof path, "/v1/sessions/%s", e); }
+    if (!strcmp(sub, "show")) {
+        method = "GET";
+        snprintf(path, sizeof path, "/v1/sessions/%s", e);
+    }
+    else if (!strcmp(sub, "rm")) {
+        method = "DELETE";
+        snprintf(path, sizeof path, "/v1/sessions/%s", e);
+    }
     else if (!strcmp(sub, "save") || !strcmp(sub, "load") || !strcmp(sub, "fork"))
         snprintf(path, sizeof path, "/v1/sessions/%s/%s", e, sub);
     else { dg_free(e); return dgc_usage(c, "session", "unknown subcommand '%s'", sub); }

@@ -8,8 +8,10 @@
  * Not here: MHD, SSE mechanics (http.c), SQL (db.c), the state machine (jobs.c).
  * Thread affinity: LOOP thread. */
 #include "srv.h"
+#include "infer.h"
 #include "engine/ckpt.h"
 #include "exports.h"
+#include "models_import.h"
 #include "proto/config_json.h"
 
 #include <errno.h>
@@ -221,6 +223,7 @@ static void h_system(dg_req *r) {
 static void h_metrics(dg_req *r) {
     json_t *lines = json_array();
     dg_http_metrics_text(lines);
+    dg_infer_metrics_text(lines);
     json_t *counts = json_object();
     dg_db_jobs_by_state(counts);
     char buf[256];
@@ -907,9 +910,39 @@ const dg_route dg_routes[] = {
      "One export with its files"},
     {"GET",    "/v1/exports/{id}/files/{name}",  dg_h_export_file,    DG_AUTH_TOKEN,
      "Download an export file (Range, ETag)"},
+    {"POST",   "/v1/models/import",              dg_h_models_import,  DG_AUTH_TOKEN,
+     "Import a bundle (path or URL) as a servable model (models_import.c)"},
+    {"GET",    "/v1/models/imports/{id}",        dg_h_models_import_get, DG_AUTH_TOKEN,
+     "One model import: status, error"},
     {"GET",    "/v1/benchmarks",                 h_bench_list,        DG_AUTH_TOKEN,
      "Benchmark results"},
     {"GET",    "/v1/benchmarks/{id}",            h_bench_get,         DG_AUTH_TOKEN,
      "One benchmark result"},
+    {"GET",    "/v1/models",                     dg_h_models,         DG_AUTH_TOKEN,
+     "Servable models (every run checkpoint)"},
+    {"POST",   "/v1/completions",                dg_h_completions,    DG_AUTH_TOKEN,
+     "OpenAI-compatible text completion (streamed or not)"},
+    {"POST",   "/v1/tokenize",                   dg_h_tokenize,       DG_AUTH_TOKEN,
+     "Text to token ids"},
+    {"POST",   "/v1/detokenize",                 dg_h_detokenize,     DG_AUTH_TOKEN,
+     "Token ids to text"},
+    {"POST",   "/v1/sessions",                   dg_h_sessions_create, DG_AUTH_TOKEN,
+     "Create a session (prefill the prompt)"},
+    {"GET",    "/v1/sessions",                   dg_h_sessions_list,  DG_AUTH_TOKEN,
+     "List sessions"},
+    {"GET",    "/v1/sessions/{id}",              dg_h_session_get,    DG_AUTH_TOKEN,
+     "One session"},
+    {"DELETE", "/v1/sessions/{id}",              dg_h_session_delete, DG_AUTH_TOKEN,
+     "Delete a session"},
+    {"POST",   "/v1/sessions/{id}/generate",     dg_h_session_generate, DG_AUTH_TOKEN,
+     "Append and generate on a session (SSE or JSON)"},
+    {"POST",   "/v1/sessions/{id}/fork",         dg_h_session_fork,   DG_AUTH_TOKEN,
+     "Copy a session's state into a new session"},
+    {"POST",   "/v1/sessions/{id}/save",         dg_h_session_save,   DG_AUTH_TOKEN,
+     "Save a session's state to <data_dir>/sessions/<id>.dst"},
+    {"POST",   "/v1/sessions/{id}/load",         dg_h_session_load,   DG_AUTH_TOKEN,
+     "Load a saved session state (same model only)"},
+    {"POST",   "/v1/requests/{id}/cancel",       dg_h_request_cancel, DG_AUTH_TOKEN,
+     "Cancel a generation by its id"},
 };
 const int dg_routes_count = (int)(sizeof dg_routes / sizeof dg_routes[0]);

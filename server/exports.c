@@ -484,8 +484,7 @@ void dg_h_export_file(dg_req *r) {
                        fd < 0 ? strerror(errno) : "size differs from the recorded one");
         return;
     }
-    dg_reply_header(r, "ETag", etag);
-    dg_reply_header(r, "Accept-Ranges", "bytes");
+    dg_reply_header(r, "ETag", etag);                /* dg_reply_fd adds Accept-Ranges */
     size_t nl = strlen(name);
     const char *ctype = nl > 5 && !strcmp(name + nl - 5, ".json") ? "application/json"
                                                                   : "application/octet-stream";
@@ -517,24 +516,4 @@ void dg_h_export_file(dg_req *r) {
         return;
     }
     dg_reply_fd(r, 200, ctype, fd, 0, bytes);
-}
-
-/* Fallback until http.c has the file-descriptor response: copies the bytes through memory. */
-__attribute__((weak)) void dg_reply_fd(dg_req *r, int status, const char *ctype, int fd,
-                                       uint64_t offset, uint64_t len) {
-    char *buf = dg_try_malloc(len + 1);
-    size_t got = 0;
-    while (buf && got < len) {
-        ssize_t k = pread(fd, buf + got, len - got, (off_t)(offset + got));
-        if (k <= 0) break;
-        got += (size_t)k;
-    }
-    close(fd);
-    if (!buf || got != len) {
-        dg_free(buf);
-        dg_reply_error(r, 500, "internal", "read_failed", NULL, "cannot read the file");
-        return;
-    }
-    dg_reply_text(r, status, ctype, buf, len);
-    dg_free(buf);
 }

@@ -54,11 +54,4 @@ int  dg_export_bundle(const char *ckpt_path, const char *dir, dg_export_format f
  * for a 206, or DG_ERANGE for a 416 (the range starts at or beyond the end). */
 int  dg_http_range_parse(const char *hdr, uint64_t size, uint64_t *start, uint64_t *len);
 
-/* Answers with len bytes of fd from offset (MHD_create_response_from_fd_at_offset64; fd is
- * closed when the response is done), status 200 or 206. Headers set with dg_reply_header
- * before the call are added. Defined in http.c; exports.c carries a weak fallback that
- * copies the bytes through memory. */
-void dg_reply_fd(dg_req *r, int status, const char *ctype, int fd, uint64_t offset,
-                 uint64_t len);
-
 #endif

@@ -23,6 +23,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -57,11 +58,13 @@ struct dg_req {
     char        hname[MAX_EXTRA_HDRS][48];
     char        hval[MAX_EXTRA_HDRS][256];
     dg_stream  *stream;
+    dg_live    *live;                     /* infer.c's live response */
     int         status;
 };
 
 struct dg_stream {
     bool                   push;          /* dg_reply_pstream (else a job-event stream) */
+    bool                   no_drain;      /* live stream: its producer ends it */
     void                 (*on_gone)(void *ud);
     void                  *ud;
     dg_req                *r;
@@ -298,7 +301,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max) {
     if (s->off >= s->len) {
         s->off = s->len = 0;
         if (s->push) {
-            if (!s->ended && s->drain) {
+            if (!s->ended && s->drain && !s->no_drain) {
                 sbuf_add(s, "event: end\ndata: {\"status\":\"draining\"}\n\n");
                 s->ended = true;
             } else if (!s->ended && s->ping) {
@@ -406,10 +409,13 @@ static void stream_unlink(dg_stream *s) {
     dg_free(s);
 }
 
+static void http_kick(void);
+
 static void stream_wake(dg_stream *s) {
     if (s->suspended) {
         s->suspended = false;
         MHD_resume_connection(s->conn);
+        http_kick();
     }
 }
 
@@ -433,6 +439,139 @@ static void on_ping(uv_timer_t *t) {
         s->ping = true;
         stream_wake(s);
     }
+}
+
+/* ---- live responses (generations: server/infer.c) -------------------------------------------
+ * A live response is answered later by the loop: either a pushed stream (dg_live_stream, on top
+ * of the pstream machinery above, but exempt from the drain's final "event: end" because the
+ * producer ends it itself) or a deferred reply (dg_live_defer: the connection is suspended until
+ * dg_live_reply stores the answer and resumes it; the access handler then queues it). gone(ud,
+ * client_gone) runs exactly once from on_completed. dg_live_peer_gone peeks at the socket, which
+ * is how a disconnect is seen while MHD has the connection suspended (MHD itself cannot). */
+static void run_mhd(void);
+static uv_timer_t kick_timer;          /* runs MHD on the next loop turn after a resume */
+static bool       kick_ready;
+
+static void on_kick(uv_timer_t *t) {
+    (void)t;
+    run_mhd();
+}
+
+/* A resumed connection only moves when MHD runs again: run it on the next loop iteration
+ * instead of waiting for MHD's timeout (up to a second), so streamed tokens leave as they are
+ * produced. */
+static void http_kick(void) {
+    if (!H.d) return;
+    if (!kick_ready) {
+        uv_timer_init(H.loop, &kick_timer);
+        kick_ready = true;
+    }
+    uv_timer_start(&kick_timer, on_kick, 0, 0);
+}
+
+struct dg_live {
+    dg_req         *r;
+    dg_stream      *s;              /* stream kind */
+    bool            deferred, has_reply, closed;
+    int             status;
+    json_t         *body;
+    dg_live_gone_fn gone;
+    void           *ud;
+};
+
+dg_live *dg_live_stream(dg_req *r, const char *ctype, dg_live_gone_fn gone, void *ud) {
+    dg_live *l = dg_calloc(1, sizeof *l);
+    l->r = r;
+    l->gone = gone;
+    l->ud = ud;
+    l->s = (dg_stream *)dg_reply_pstream(r, ctype, NULL, NULL);
+    l->s->no_drain = true;
+    r->live = l;
+    return l;
+}
+
+dg_live *dg_live_defer(dg_req *r, dg_live_gone_fn gone, void *ud) {
+    dg_live *l = dg_calloc(1, sizeof *l);
+    l->r = r;
+    l->gone = gone;
+    l->ud = ud;
+    l->deferred = true;
+    r->live = l;
+    r->responded = true;              /* dispatch must not answer 500 */
+    MHD_suspend_connection(r->conn);
+    return l;
+}
+
+void dg_live_rebind(dg_live *l, dg_live_gone_fn gone, void *ud) {
+    l->gone = gone;
+    l->ud = ud;
+}
+
+void dg_live_write(dg_live *l, const char *data, size_t n) {
+    if (l->s && !l->closed) dg_pstream_write((dg_pstream *)l->s, data, n);
+}
+
+void dg_live_end(dg_live *l) {
+    if (l->s && !l->closed) dg_pstream_end((dg_pstream *)l->s);
+}
+
+void dg_live_reply(dg_live *l, int status, json_t *body) {
+    if (!l->deferred || l->has_reply) {
+        json_decref(body);
+        return;
+    }
+    l->has_reply = true;
+    l->status = status;
+    l->body = body;
+    MHD_resume_connection(l->r->conn);
+    http_kick();
+}
+
+void dg_live_close(dg_live *l) {
+    if (l->closed) return;
+    l->closed = true;
+    if (l->s) {
+        dg_pstream_end((dg_pstream *)l->s);
+    } else if (!l->has_reply) {
+        dg_live_reply(l, 499, json_pack("{s:{s:s, s:s}}", "error", "message",
+                                         "client closed the request", "type", "cancelled"));
+    }
+}
+
+bool dg_live_peer_gone(dg_live *l) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(l->r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return true;
+    char c;
+    ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) return true;                                   /* orderly shutdown (FIN) */
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return true;
+    return false;
+}
+
+/* From on_access after a resume: queue the stored reply. */
+static void live_deliver(dg_req *r) {
+    dg_live *l = r->live;
+    if (!l->has_reply || l->body == NULL) return;
+    json_t *b = l->body;
+    l->body = NULL;
+    json_t *e = json_object_get(b, "error");
+    if (json_is_object(e)) {              /* the one envelope: code, param, request_id always */
+        if (!json_object_get(e, "code")) json_object_set_new(e, "code", json_null());
+        if (!json_object_get(e, "param")) json_object_set_new(e, "param", json_null());
+        json_object_set_new(e, "request_id", json_string(r->request_id));
+    }
+    r->responded = false;
+    dg_reply_json(r, l->status, b);
+}
+
+/* From on_completed. */
+static void live_gone(dg_req *r, enum MHD_RequestTerminationCode toe) {
+    dg_live *l = r->live;
+    r->live = NULL;
+    json_decref(l->body);
+    if (l->gone) l->gone(l->ud, toe != MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    dg_free(l);
 }
 
 /* ---- routing -------------------------------------------------------------------------------- */
@@ -599,6 +738,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *upload_size = 0;
         return MHD_YES;
     }
+    if (r->live && r->live->deferred) {
+        live_deliver(r);
+        return MHD_YES;
+    }
     if (!r->responded) dispatch(r);
     return MHD_YES;
 }
@@ -608,6 +751,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)cls; (void)conn; (void)toe;
     dg_req *r = *con_cls;
     if (!r) return;
+    if (r->live) live_gone(r, toe);
     if (r->stream) stream_unlink(r->stream);
     dg_free(r->path);
     dg_free(r->body);
@@ -813,6 +957,10 @@ void dg_http_stop(void) {
     uv_close((uv_handle_t *)&H.wake, NULL);
     uv_close((uv_handle_t *)&H.timer, NULL);
     uv_close((uv_handle_t *)&H.ping, NULL);
+    if (kick_ready) {
+        uv_close((uv_handle_t *)&kick_timer, NULL);
+        kick_ready = false;
+    }
     MHD_stop_daemon(H.d);
     H.d = NULL;
 }

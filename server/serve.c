@@ -9,7 +9,9 @@
  * shutdown_timeout_s. A second signal skips the wait.
  * Not here: endpoints (api.c). Thread affinity: the main thread, which runs the loop. */
 #include "srv.h"
+#include "infer.h"
 #include "exports.h"
+#include "models_import.h"
 #include "serve.h"
 
 #include <curl/curl.h>
@@ -90,8 +92,11 @@ static void finish(void) {
     if (g_finishing) return;
     g_finishing = true;
     uv_timer_stop(&g_drain_timer);
+    dg_infer_cancel_all();
     dg_http_stop();
+    dg_infer_shutdown();
     dg_exports_close();
+    dg_models_import_close();
     dg_jobs_close();
     dg_worker_stop(g_drain_deadline > 0 ? 2.0 : 0.5);
     dg_db_close();
@@ -105,7 +110,7 @@ static void finish(void) {
 
 static void on_drain_tick(uv_timer_t *t) {
     (void)t;
-    bool idle = dg_jobs_idle() && dg_exports_idle();
+    bool idle = dg_infer_idle() && dg_jobs_idle() && dg_exports_idle() && dg_models_import_idle();
     if (idle) dg_http_streams_end_all();
     if ((idle && dg_http_stream_count() == 0) || dg_now() > g_drain_deadline) finish();
 }
@@ -124,6 +129,7 @@ static void on_signal(uv_signal_t *s, int signum) {
     dg_http_quiesce();
     dg_jobs_shutdown_begin();
     dg_exports_close();
+    dg_models_import_close();
     dg_http_streams_end_all();
     uv_timer_start(&g_drain_timer, on_drain_tick, 20, 50);
 }
@@ -222,7 +228,8 @@ int dg_serve_main(int argc, char **argv) {
         dg_db_close();
         return 1;
     }
-    if (dg_exports_init(&g_loop, s->data_dir, err, sizeof err)) {
+    if (dg_exports_init(&g_loop, s->data_dir, err, sizeof err) ||
+        dg_models_import_init(&g_loop, s, err, sizeof err)) {
         fprintf(stderr, "dragond: %s\n", err);
         dg_jobs_close();
         dg_worker_stop(1.0);
@@ -230,7 +237,15 @@ int dg_serve_main(int argc, char **argv) {
         uv_run(&g_loop, UV_RUN_NOWAIT);
         return 1;
     }
+    if (dg_infer_init(&g_loop, s, err, sizeof err)) {
+        fprintf(stderr, "dragond: %s\n", err);
+        dg_jobs_close();
+        dg_worker_stop(1.0);
+        dg_db_close();
+        return 1;
+    }
     if (dg_http_start(&g_loop, s, token, dg_srv.bound, sizeof dg_srv.bound, err, sizeof err)) {
+        dg_infer_shutdown();
         fprintf(stderr, "dragond: %s\n", err);
         dg_exports_close();
         dg_jobs_close();

@@ -244,6 +244,23 @@ dg_pstream *dg_reply_pstream(dg_req *r, const char *ctype, void (*on_gone)(void 
                              void *ud);
 void dg_pstream_write(dg_pstream *s, const char *data, size_t n);
 void dg_pstream_end(dg_pstream *s);
+/* Live responses of generations (http.c; used by infer.c). The handler creates one instead of
+ * replying: dg_live_stream sends 200 + ctype headers now and streams what dg_live_write pushes
+ * until dg_live_end (a drain does not end it: the producer does); dg_live_defer sends nothing
+ * until dg_live_reply (any status, JSON body stolen). gone(ud, client_gone) runs exactly once,
+ * when the connection is finished (client_gone: not completed normally); the handle is invalid
+ * afterwards. dg_live_peer_gone peeks at the socket (a disconnect is visible even while MHD has
+ * the connection suspended); dg_live_close ends the response early. LOOP thread. */
+typedef struct dg_live dg_live;
+typedef void (*dg_live_gone_fn)(void *ud, bool client_gone);
+dg_live *dg_live_stream(dg_req *r, const char *ctype, dg_live_gone_fn gone, void *ud);
+dg_live *dg_live_defer(dg_req *r, dg_live_gone_fn gone, void *ud);
+void dg_live_rebind(dg_live *l, dg_live_gone_fn gone, void *ud);
+void dg_live_write(dg_live *l, const char *data, size_t n);
+void dg_live_end(dg_live *l);
+void dg_live_reply(dg_live *l, int status, json_t *body);
+void dg_live_close(dg_live *l);
+bool dg_live_peer_gone(dg_live *l);
 void dg_http_metrics_text(json_t *sb_lines);     /* appends request counters (Prometheus) */
 
 /* Daemon-wide event to every /v1/events subscriber (not stored; ids count from daemon start).

@@ -12,6 +12,7 @@
  * Not here: SQLite, HTTP (the loop owns those). Thread affinity: the engine thread, except
  * dg_worker_start/submit/flags/stop (LOOP thread). */
 #include "srv.h"
+#include "infer.h"
 #include "engine/ckpt.h"
 #include "engine/tokenizer.h"
 #include "proto/config_json.h"
@@ -271,6 +272,7 @@ static void run_train(dg_work *w) {
             last_ckpt_step = dg_trainer_step_count(tr);
         }
         dg_step_info info;
+        dg_infer_train_yield(0.25);      /* a decode step between training steps (infer.c) */
         rc = dg_trainer_step(tr, &info);
         if (rc == DG_ENAN) {
             snprintf(err, sizeof err, "training loss is not finite at step %lld (lr %g). HINT: "
