@@ -664,6 +664,18 @@ int dg_cli_export(int argc, char **argv) {
     }
     char path[4200], err[1024];
     if (resolve_ckpt(ckpt, path, sizeof path)) return EX_FAIL;
+    {   /* the output's directory is created if needed */
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", out);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = 0;
+            if (mkdir_p(dir)) {
+                fprintf(stderr, "dragond export: cannot create %s: %s\n", dir, strerror(errno));
+                return EX_FAIL;
+            }
+        }
+    }
     dg_ckpt ck;
     if (dg_ckpt_read(path, false, &ck, err, sizeof err)) { fprintf(stderr, "dragond export: %s\n", err); return EX_FAIL; }
     int rc = dg_export_model(out, fmt, dt, &ck, (int64_t)(parts_mib * 1024 * 1024), err, sizeof err);
