@@ -619,8 +619,8 @@ START_TEST(shipped_job_specs_validate) {
     write_file(cfg, "{\"shakespeare_url\": \"http://127.0.0.1:9/input.txt\", "
                     "\"download_timeout_s\": 2}");
     ck_assert_int_eq(dgd_start(&D, "--config", cfg, NULL), 0);
-    static const char *const files[] = {"config/jobs/tiny-shakespeare.json",
-                                        "config/jobs/base-shakespeare.json",
+    static const char *const files[] = {"config/jobs/tiny-ts.json",
+                                        "config/jobs/base-ts.json",
                                         "config/jobs/bench-tiny.json"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         FILE *f = fopen(files[i], "rb");
