@@ -453,8 +453,7 @@ static int bpk_open_common(dg_bpk_t *b, char *err, size_t errlen) {
     return bpk_parse(b, err, errlen);
 }
 
-int dg_bpk_open(const char *path, dg_bpk_t **out, char *err, size_t errlen) {
-    *out = NULL;
+int dg_open_regular(const char *path, int *fd_out, uint64_t *size, char *err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
@@ -466,9 +465,20 @@ int dg_bpk_open(const char *path, dg_bpk_t **out, char *err, size_t errlen) {
         close(fd);
         return fail(err, errlen, DG_EIO, "%s: not a regular file", path);
     }
+    *fd_out = fd;
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+int dg_bpk_open(const char *path, dg_bpk_t **out, char *err, size_t errlen) {
+    *out = NULL;
+    int fd = -1;
+    uint64_t size = 0;
+    int orc = dg_open_regular(path, &fd, &size, err, errlen);
+    if (orc) return orc;
     dg_bpk_t *b = dg_calloc(1, sizeof *b);
     b->fd = fd;
-    b->size = (uint64_t)st.st_size;
+    b->size = size;
     char e2[512];
     int rc = bpk_open_common(b, e2, sizeof e2);
     if (rc) {

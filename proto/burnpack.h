@@ -54,6 +54,9 @@ int  dg_afile_commit(dg_afile *f, char sha_hex[65], char *err, size_t errlen);
 void dg_afile_abort(dg_afile *f);           /* removes the tmp file; safe after commit */
 /* Whole buffer in one go. */
 int  dg_write_file_atomic(const char *path, const void *p, size_t n, char *err, size_t errlen);
+/* Opens path read-only and checks that it is a regular file: *fd and *size on success;
+ * DG_ENOTFOUND / DG_EIO with "path: reason" in err. Shared by the format readers. */
+int  dg_open_regular(const char *path, int *fd, uint64_t *size, char *err, size_t errlen);
 
 /* ------------------------------------------------------------------------------------------
  * Reader. Opens a file (pread, nothing but the header and metadata is read up front) or a

@@ -216,20 +216,13 @@ static int st_parse(dg_st_t *s, char *err, size_t errlen) {
 
 int dg_st_open(const char *path, dg_st_t **out, char *err, size_t errlen) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        return fail(err, errlen, e == ENOENT ? DG_ENOTFOUND : DG_EIO, "%s: %s", path,
-                    strerror(e));
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return fail(err, errlen, DG_EIO, "%s: not a regular file", path);
-    }
+    int fd = -1;
+    uint64_t size = 0;
+    int orc = dg_open_regular(path, &fd, &size, err, errlen);
+    if (orc) return orc;
     dg_st_t *s = dg_calloc(1, sizeof *s);
     s->fd = fd;
-    s->size = (uint64_t)st.st_size;
+    s->size = size;
     char e2[512];
     int rc = st_parse(s, e2, sizeof e2);
     if (rc) {
