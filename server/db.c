@@ -115,7 +115,7 @@ static char     g_err[512];
 static struct { const char *sql; sqlite3_stmt *st; } g_stmts[DB_MAX_STMTS];
 static int g_n_stmts;
 
-static sqlite3_stmt *prep(const char *sql) {
+sqlite3_stmt *dg_db_prep(const char *sql) {
     for (int i = 0; i < g_n_stmts; i++)
         if (g_stmts[i].sql == sql) { sqlite3_reset(g_stmts[i].st);
                                      sqlite3_clear_bindings(g_stmts[i].st);
@@ -132,17 +132,17 @@ static sqlite3_stmt *prep(const char *sql) {
     return st;
 }
 
-static int step_done(sqlite3_stmt *st) {
+int dg_db_step(sqlite3_stmt *st) {
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
         DG_ERROR("sqlite step failed: %s", sqlite3_errmsg(g_db));
-        return DG_EIO;
+        return rc == SQLITE_CONSTRAINT ? DG_EEXIST : DG_EIO;
     }
     return 0;
 }
 
-static void bind_text(sqlite3_stmt *st, int i, const char *s) {
+void dg_db_bind_text(sqlite3_stmt *st, int i, const char *s) {
     if (s) sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
     else sqlite3_bind_null(st, i);
 }
@@ -221,7 +221,6 @@ int dg_db_open(const char *path, char *err, size_t n) {
             goto fail;
         }
     }
-    dg_db_exports_attach(g_db);
     return 0;
 fail:
     sqlite3_close(g_db);
@@ -231,7 +230,6 @@ fail:
 
 void dg_db_close(void) {
     if (!g_db) return;
-    dg_db_exports_detach();
     for (int i = 0; i < g_n_stmts; i++) sqlite3_finalize(g_stmts[i].st);
     g_n_stmts = 0;
     sqlite3_exec(g_db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
@@ -247,29 +245,29 @@ static const char SQL_JOB_INSERT[] =
     " ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
 int dg_db_job_insert(const dg_db_newjob *j) {
-    sqlite3_stmt *st = prep(SQL_JOB_INSERT);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_INSERT);
     if (!st) return DG_EIO;
-    bind_text(st, 1, j->id);
-    bind_text(st, 2, j->kind);
-    bind_text(st, 3, j->name);
+    dg_db_bind_text(st, 1, j->id);
+    dg_db_bind_text(st, 2, j->kind);
+    dg_db_bind_text(st, 3, j->name);
     sqlite3_bind_int64(st, 4, j->priority);
-    bind_text(st, 5, j->request_json);
-    bind_text(st, 6, j->config_json);
-    bind_text(st, 7, j->data_json);
-    bind_text(st, 8, j->tags_json ? j->tags_json : "{}");
-    bind_text(st, 9, j->resume_from);
+    dg_db_bind_text(st, 5, j->request_json);
+    dg_db_bind_text(st, 6, j->config_json);
+    dg_db_bind_text(st, 7, j->data_json);
+    dg_db_bind_text(st, 8, j->tags_json ? j->tags_json : "{}");
+    dg_db_bind_text(st, 9, j->resume_from);
     sqlite3_bind_int64(st, 10, j->seed);
     sqlite3_bind_double(st, 11, dg_wall_s());
     sqlite3_bind_int64(st, 12, j->total_steps);
-    bind_text(st, 13, j->idem_key);
-    return step_done(st);
+    dg_db_bind_text(st, 13, j->idem_key);
+    return dg_db_step(st);
 }
 
 static const char SQL_JOB_BY_IDEM[] = "SELECT id, request_json FROM jobs WHERE idem_key = ?1";
 int dg_db_job_by_idem(const char *key, char id[DG_ID_LEN], char **request_json) {
-    sqlite3_stmt *st = prep(SQL_JOB_BY_IDEM);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_BY_IDEM);
     if (!st) return DG_EIO;
-    bind_text(st, 1, key);
+    dg_db_bind_text(st, 1, key);
     int rc = DG_ENOTFOUND;
     if (sqlite3_step(st) == SQLITE_ROW) {
         snprintf(id, DG_ID_LEN, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -282,9 +280,9 @@ int dg_db_job_by_idem(const char *key, char id[DG_ID_LEN], char **request_json) 
 
 static const char SQL_JOB_STATUS[] = "SELECT status FROM jobs WHERE id = ?1";
 int dg_db_job_status(const char *id, char out[32]) {
-    sqlite3_stmt *st = prep(SQL_JOB_STATUS);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_STATUS);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     int rc = DG_ENOTFOUND;
     if (sqlite3_step(st) == SQLITE_ROW) {
         snprintf(out, 32, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -308,20 +306,20 @@ static const char SQL_JOB_SET_STATUS[] =
     " finished_at = CASE WHEN ?6 THEN ?5 ELSE NULL END WHERE id = ?1";
 int dg_db_job_set_status(const char *id, const char *status, const char *reason,
                          const char *message) {
-    sqlite3_stmt *st = prep(SQL_JOB_SET_STATUS);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_SET_STATUS);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
-    bind_text(st, 2, status);
-    bind_text(st, 3, reason);
-    bind_text(st, 4, message);
+    dg_db_bind_text(st, 1, id);
+    dg_db_bind_text(st, 2, status);
+    dg_db_bind_text(st, 3, reason);
+    dg_db_bind_text(st, 4, message);
     sqlite3_bind_double(st, 5, dg_wall_s());
     sqlite3_bind_int(st, 6, is_terminal(status));
-    return step_done(st);
+    return dg_db_step(st);
 }
 
 static const char SQL_QUEUE_LEN[] = "SELECT COUNT(*) FROM jobs WHERE status = 'queued'";
 int64_t dg_db_queue_len(void) {
-    sqlite3_stmt *st = prep(SQL_QUEUE_LEN);
+    sqlite3_stmt *st = dg_db_prep(SQL_QUEUE_LEN);
     int64_t n = 0;
     if (st && sqlite3_step(st) == SQLITE_ROW) n = sqlite3_column_int64(st, 0);
     if (st) sqlite3_reset(st);
@@ -332,10 +330,10 @@ static const char SQL_QUEUE_POS[] =
     "SELECT COUNT(*) FROM jobs a, jobs b WHERE b.id = ?1 AND a.status = 'queued' AND"
     " (a.priority > b.priority OR (a.priority = b.priority AND a.seq < b.seq))";
 int64_t dg_db_queue_position(const char *id) {
-    sqlite3_stmt *st = prep(SQL_QUEUE_POS);
+    sqlite3_stmt *st = dg_db_prep(SQL_QUEUE_POS);
     int64_t n = 0;
     if (!st) return 0;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     if (sqlite3_step(st) == SQLITE_ROW) n = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
     return n;
@@ -344,7 +342,7 @@ int64_t dg_db_queue_position(const char *id) {
 static const char SQL_NEXT_QUEUED[] =
     "SELECT id FROM jobs WHERE status = 'queued' ORDER BY priority DESC, seq ASC LIMIT 1";
 bool dg_db_next_queued(char id[DG_ID_LEN]) {
-    sqlite3_stmt *st = prep(SQL_NEXT_QUEUED);
+    sqlite3_stmt *st = dg_db_prep(SQL_NEXT_QUEUED);
     bool ok = false;
     if (st && sqlite3_step(st) == SQLITE_ROW) {
         snprintf(id, DG_ID_LEN, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -433,9 +431,9 @@ static void flatten(json_t *dst, const char *prefix, json_t *v) {
 }
 
 json_t *dg_db_job_json(const char *id, bool full) {
-    sqlite3_stmt *st = prep(SQL_JOB_GET);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_GET);
     if (!st) return NULL;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     if (sqlite3_step(st) != SQLITE_ROW) { sqlite3_reset(st); return NULL; }
     json_t *o = job_row_json(st, true, false);
     sqlite3_reset(st);
@@ -443,9 +441,9 @@ json_t *dg_db_job_json(const char *id, bool full) {
     if (status && !strcmp(status, "queued"))
         json_object_set_new(o, "queue_position", json_integer(dg_db_queue_position(id)));
     json_t *att = json_array();
-    st = prep(SQL_ATTEMPTS);
+    st = dg_db_prep(SQL_ATTEMPTS);
     if (st) {
-        bind_text(st, 1, id);
+        dg_db_bind_text(st, 1, id);
         while (sqlite3_step(st) == SQLITE_ROW) {
             json_t *a = json_object();
             json_object_set_new(a, "n", col_json_num(st, 0));
@@ -459,9 +457,9 @@ json_t *dg_db_job_json(const char *id, bool full) {
     }
     json_object_set_new(o, "attempts", att);
     json_t *lc = json_null();
-    st = prep(SQL_CKPT_LATEST_ROW);
+    st = dg_db_prep(SQL_CKPT_LATEST_ROW);
     if (st) {
-        bind_text(st, 1, id);
+        dg_db_bind_text(st, 1, id);
         if (sqlite3_step(st) == SQLITE_ROW) {
             lc = json_object();
             json_object_set_new(lc, "id", col_json_str(st, 0));
@@ -488,9 +486,9 @@ static const char SQL_JOB_SPEC[] =
     " FROM jobs WHERE id = ?1";
 int dg_db_job_spec(const char *id, dg_db_jobspec *out) {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st = prep(SQL_JOB_SPEC);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_SPEC);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     if (sqlite3_step(st) != SQLITE_ROW) { sqlite3_reset(st); return DG_ENOTFOUND; }
     snprintf(out->kind, sizeof out->kind, "%s", (const char *)sqlite3_column_text(st, 0));
     out->config_json = col_dup(st, 1);
@@ -516,55 +514,55 @@ static const char SQL_JOB_PROGRESS[] =
     " eta_s = ?6 WHERE id = ?1";
 int dg_db_job_progress(const char *id, int64_t step, int64_t total, int64_t tokens_seen,
                        double tps, double eta_s) {
-    sqlite3_stmt *st = prep(SQL_JOB_PROGRESS);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_PROGRESS);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     sqlite3_bind_int64(st, 2, step);
     sqlite3_bind_int64(st, 3, total);
     sqlite3_bind_int64(st, 4, tokens_seen);
     sqlite3_bind_double(st, 5, tps);
     sqlite3_bind_double(st, 6, eta_s);
-    return step_done(st);
+    return dg_db_step(st);
 }
 
 static const char SQL_JOB_LOSSES[] =
     "UPDATE jobs SET train_loss = COALESCE(?2, train_loss), val_loss = COALESCE(?3, val_loss)"
     " WHERE id = ?1";
 int dg_db_job_set_losses(const char *id, const double *train_loss, const double *val_loss) {
-    sqlite3_stmt *st = prep(SQL_JOB_LOSSES);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_LOSSES);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     bind_dopt(st, 2, train_loss);
     bind_dopt(st, 3, val_loss);
-    return step_done(st);
+    return dg_db_step(st);
 }
 
 static const char SQL_JOB_DATASET[] =
     "UPDATE jobs SET dataset_path = ?2, dataset_sha256 = ?3 WHERE id = ?1";
 int dg_db_job_set_dataset(const char *id, const char *path, const char *sha256) {
-    sqlite3_stmt *st = prep(SQL_JOB_DATASET);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_DATASET);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
-    bind_text(st, 2, path);
-    bind_text(st, 3, sha256);
-    return step_done(st);
+    dg_db_bind_text(st, 1, id);
+    dg_db_bind_text(st, 2, path);
+    dg_db_bind_text(st, 3, sha256);
+    return dg_db_step(st);
 }
 
 static const char SQL_JOB_RESUME[] = "UPDATE jobs SET resume_from = ?2 WHERE id = ?1";
 int dg_db_job_set_resume(const char *id, const char *ckpt_path) {
-    sqlite3_stmt *st = prep(SQL_JOB_RESUME);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_RESUME);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
-    bind_text(st, 2, ckpt_path);
-    return step_done(st);
+    dg_db_bind_text(st, 1, id);
+    dg_db_bind_text(st, 2, ckpt_path);
+    return dg_db_step(st);
 }
 
 static const char SQL_JOB_DELETE[] = "DELETE FROM jobs WHERE id = ?1";
 int dg_db_job_delete(const char *id) {
-    sqlite3_stmt *st = prep(SQL_JOB_DELETE);
+    sqlite3_stmt *st = dg_db_prep(SQL_JOB_DELETE);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
-    return step_done(st);
+    dg_db_bind_text(st, 1, id);
+    return dg_db_step(st);
 }
 
 static const char SQL_ATTEMPT_OPEN[] =
@@ -572,11 +570,11 @@ static const char SQL_ATTEMPT_OPEN[] =
     " (SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE job_id = ?1), ?2, ?3)"
     " RETURNING n";
 int dg_db_attempt_open(const char *id, const char *resumed_from, int *n_out) {
-    sqlite3_stmt *st = prep(SQL_ATTEMPT_OPEN);
+    sqlite3_stmt *st = dg_db_prep(SQL_ATTEMPT_OPEN);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     sqlite3_bind_double(st, 2, dg_wall_s());
-    bind_text(st, 3, resumed_from);
+    dg_db_bind_text(st, 3, resumed_from);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW && n_out) *n_out = sqlite3_column_int(st, 0);
     sqlite3_reset(st);
@@ -586,12 +584,12 @@ int dg_db_attempt_open(const char *id, const char *resumed_from, int *n_out) {
 static const char SQL_ATTEMPT_CLOSE[] =
     "UPDATE attempts SET ended_at = ?2, exit_reason = ?3 WHERE job_id = ?1 AND ended_at IS NULL";
 int dg_db_attempt_close(const char *id, const char *exit_reason) {
-    sqlite3_stmt *st = prep(SQL_ATTEMPT_CLOSE);
+    sqlite3_stmt *st = dg_db_prep(SQL_ATTEMPT_CLOSE);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     sqlite3_bind_double(st, 2, dg_wall_s());
-    bind_text(st, 3, exit_reason);
-    return step_done(st);
+    dg_db_bind_text(st, 3, exit_reason);
+    return dg_db_step(st);
 }
 
 /* ---- lists ---------------------------------------------------------------------------------- */
@@ -695,7 +693,7 @@ int dg_db_list_jobs(const dg_db_listq *q, json_t **out, char *err, size_t n) {
         snprintf(err, n, "internal: %s", sqlite3_errmsg(g_db));
         return DG_EIO;
     }
-    for (int i = 0; i < nb; i++) bind_text(st, i + 1, binds[i]);
+    for (int i = 0; i < nb; i++) dg_db_bind_text(st, i + 1, binds[i]);
     json_t *data = json_array();
     bool more = false;
     int64_t count = 0;
@@ -731,7 +729,7 @@ int dg_db_jobs_by_state(json_t *counts) {
                                          "succeeded", "failed", "cancelled"};
     for (size_t i = 0; i < sizeof states / sizeof states[0]; i++)
         json_object_set_new(counts, states[i], json_integer(0));
-    sqlite3_stmt *st = prep(SQL_BY_STATE);
+    sqlite3_stmt *st = dg_db_prep(SQL_BY_STATE);
     if (!st) return DG_EIO;
     while (sqlite3_step(st) == SQLITE_ROW)
         json_object_set_new(counts, (const char *)sqlite3_column_text(st, 0),
@@ -745,11 +743,11 @@ static const char SQL_EVENT_ADD[] =
     "INSERT INTO events(job_id, seq, type, data) VALUES(?1,"
     " (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?1), ?2, ?3) RETURNING seq";
 int64_t dg_db_event_add(const char *job_id, const char *type, const char *data_json) {
-    sqlite3_stmt *st = prep(SQL_EVENT_ADD);
+    sqlite3_stmt *st = dg_db_prep(SQL_EVENT_ADD);
     if (!st) return DG_EIO;
-    bind_text(st, 1, job_id);
-    bind_text(st, 2, type);
-    bind_text(st, 3, data_json);
+    dg_db_bind_text(st, 1, job_id);
+    dg_db_bind_text(st, 2, type);
+    dg_db_bind_text(st, 3, data_json);
     int64_t seq = DG_EIO;
     if (sqlite3_step(st) == SQLITE_ROW) seq = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
@@ -761,9 +759,9 @@ static const char SQL_EVENTS_AFTER[] =
     " (seq >= ?3 OR type NOT IN ('progress', 'metric')) ORDER BY seq LIMIT ?4";
 int dg_db_events_after(const char *job_id, int64_t after_seq, int64_t skip_noisy_below,
                        dg_db_event *evs, int max) {
-    sqlite3_stmt *st = prep(SQL_EVENTS_AFTER);
+    sqlite3_stmt *st = dg_db_prep(SQL_EVENTS_AFTER);
     if (!st) return DG_EIO;
-    bind_text(st, 1, job_id);
+    dg_db_bind_text(st, 1, job_id);
     sqlite3_bind_int64(st, 2, after_seq);
     sqlite3_bind_int64(st, 3, skip_noisy_below);
     sqlite3_bind_int(st, 4, max);
@@ -781,9 +779,9 @@ int dg_db_events_after(const char *job_id, int64_t after_seq, int64_t skip_noisy
 static const char SQL_EVENT_MAX[] =
     "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?1";
 int64_t dg_db_event_max(const char *job_id) {
-    sqlite3_stmt *st = prep(SQL_EVENT_MAX);
+    sqlite3_stmt *st = dg_db_prep(SQL_EVENT_MAX);
     if (!st) return 0;
-    bind_text(st, 1, job_id);
+    dg_db_bind_text(st, 1, job_id);
     int64_t v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
     sqlite3_reset(st);
     return v;
@@ -794,24 +792,24 @@ static const char SQL_METRIC_ADD[] =
     "INSERT OR REPLACE INTO metrics(run_id, key, step, ts_ms, value) VALUES(?1, ?2, ?3, ?4, ?5)";
 int dg_db_metric_add(const char *run_id, const char *key, int64_t step, int64_t ts_ms,
                      double value) {
-    sqlite3_stmt *st = prep(SQL_METRIC_ADD);
+    sqlite3_stmt *st = dg_db_prep(SQL_METRIC_ADD);
     if (!st) return DG_EIO;
-    bind_text(st, 1, run_id);
-    bind_text(st, 2, key);
+    dg_db_bind_text(st, 1, run_id);
+    dg_db_bind_text(st, 2, key);
     sqlite3_bind_int64(st, 3, step);
     sqlite3_bind_int64(st, 4, ts_ms);
     if (value == value) sqlite3_bind_double(st, 5, value);
     else sqlite3_bind_null(st, 5);
-    return step_done(st);
+    return dg_db_step(st);
 }
 
 static const char SQL_METRIC_TRIM[] = "DELETE FROM metrics WHERE run_id = ?1 AND step > ?2";
 int dg_db_metrics_trim(const char *run_id, int64_t after_step) {
-    sqlite3_stmt *st = prep(SQL_METRIC_TRIM);
+    sqlite3_stmt *st = dg_db_prep(SQL_METRIC_TRIM);
     if (!st) return DG_EIO;
-    bind_text(st, 1, run_id);
+    dg_db_bind_text(st, 1, run_id);
     sqlite3_bind_int64(st, 2, after_step);
-    return step_done(st);
+    return dg_db_step(st);
 }
 
 static const char SQL_METRIC_KEYS[] =
@@ -820,9 +818,9 @@ static const char SQL_METRIC_KEYS[] =
     "  ORDER BY step DESC LIMIT 1)"
     " FROM metrics m WHERE m.run_id = ?1 GROUP BY m.key ORDER BY m.key";
 int dg_db_metric_keys(const char *run_id, json_t **out) {
-    sqlite3_stmt *st = prep(SQL_METRIC_KEYS);
+    sqlite3_stmt *st = dg_db_prep(SQL_METRIC_KEYS);
     if (!st) return DG_EIO;
-    bind_text(st, 1, run_id);
+    dg_db_bind_text(st, 1, run_id);
     json_t *keys = json_array();
     while (sqlite3_step(st) == SQLITE_ROW) {
         json_t *k = json_object();
@@ -844,10 +842,10 @@ static const char SQL_METRIC_SERIES[] =
     " step <= ?4 ORDER BY step";
 int dg_db_metric_series(const char *run_id, const char *key, int64_t from_step,
                         int64_t to_step, int64_t max_points, json_t **out) {
-    sqlite3_stmt *st = prep(SQL_METRIC_SERIES);
+    sqlite3_stmt *st = dg_db_prep(SQL_METRIC_SERIES);
     if (!st) return DG_EIO;
-    bind_text(st, 1, run_id);
-    bind_text(st, 2, key);
+    dg_db_bind_text(st, 1, run_id);
+    dg_db_bind_text(st, 2, key);
     sqlite3_bind_int64(st, 3, from_step);
     sqlite3_bind_int64(st, 4, to_step);
     size_t n = 0, cap = 256;
@@ -907,21 +905,21 @@ static const char SQL_LOG_LINE[] =
 static const char SQL_LOG_ADD[] =
     "INSERT INTO logs(run_id, line, ts, level, msg) VALUES(?1, ?2, ?3, ?4, ?5)";
 int dg_db_log_add(const char *run_id, const char *level, const char *msg, int64_t *line) {
-    sqlite3_stmt *st = prep(SQL_LOG_LINE);
+    sqlite3_stmt *st = dg_db_prep(SQL_LOG_LINE);
     if (!st) return DG_EIO;
-    bind_text(st, 1, run_id);
+    dg_db_bind_text(st, 1, run_id);
     if (sqlite3_step(st) != SQLITE_ROW) { sqlite3_reset(st); return DG_ENOTFOUND; }
     int64_t ln = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
-    st = prep(SQL_LOG_ADD);
+    st = dg_db_prep(SQL_LOG_ADD);
     if (!st) return DG_EIO;
-    bind_text(st, 1, run_id);
+    dg_db_bind_text(st, 1, run_id);
     sqlite3_bind_int64(st, 2, ln);
     sqlite3_bind_double(st, 3, dg_wall_s());
-    bind_text(st, 4, level);
-    bind_text(st, 5, msg);
+    dg_db_bind_text(st, 4, level);
+    dg_db_bind_text(st, 5, msg);
     if (line) *line = ln;
-    return step_done(st);
+    return dg_db_step(st);
 }
 
 static const char SQL_LOGS[] =
@@ -931,15 +929,15 @@ static const char SQL_LOG_MAX[] = "SELECT log_lines FROM jobs WHERE id = ?1";
 int dg_db_logs(const char *run_id, int64_t after_line, int64_t tail, json_t **out) {
     int64_t floor_line = 0;
     if (tail > 0) {
-        sqlite3_stmt *m = prep(SQL_LOG_MAX);
+        sqlite3_stmt *m = dg_db_prep(SQL_LOG_MAX);
         if (!m) return DG_EIO;
-        bind_text(m, 1, run_id);
+        dg_db_bind_text(m, 1, run_id);
         if (sqlite3_step(m) == SQLITE_ROW) floor_line = sqlite3_column_int64(m, 0) - tail;
         sqlite3_reset(m);
     }
-    sqlite3_stmt *st = prep(SQL_LOGS);
+    sqlite3_stmt *st = dg_db_prep(SQL_LOGS);
     if (!st) return DG_EIO;
-    bind_text(st, 1, run_id);
+    dg_db_bind_text(st, 1, run_id);
     sqlite3_bind_int64(st, 2, after_line);
     sqlite3_bind_int64(st, 3, floor_line);
     json_t *arr = json_array();
@@ -963,27 +961,27 @@ static const char SQL_CKPT_ADD[] =
 int dg_db_ckpt_add(const char *run_id, const char *id, int64_t step, const char *path,
                    int64_t bytes, const char *sha256, const double *train_loss,
                    const double *val_loss) {
-    sqlite3_stmt *st = prep(SQL_CKPT_ADD);
+    sqlite3_stmt *st = dg_db_prep(SQL_CKPT_ADD);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
-    bind_text(st, 2, run_id);
+    dg_db_bind_text(st, 1, id);
+    dg_db_bind_text(st, 2, run_id);
     sqlite3_bind_int64(st, 3, step);
-    bind_text(st, 4, path);
+    dg_db_bind_text(st, 4, path);
     sqlite3_bind_int64(st, 5, bytes);
-    bind_text(st, 6, sha256);
+    dg_db_bind_text(st, 6, sha256);
     sqlite3_bind_double(st, 7, dg_wall_s());
     bind_dopt(st, 8, train_loss);
     bind_dopt(st, 9, val_loss);
-    return step_done(st);
+    return dg_db_step(st);
 }
 
 static const char SQL_CKPT_OLD[] =
     "SELECT id, path FROM checkpoints WHERE run_id = ?1 ORDER BY step DESC LIMIT -1 OFFSET ?2";
 static const char SQL_CKPT_DEL[] = "DELETE FROM checkpoints WHERE id = ?1";
 int dg_db_ckpt_retain(const char *run_id, int64_t keep) {
-    sqlite3_stmt *st = prep(SQL_CKPT_OLD);
+    sqlite3_stmt *st = dg_db_prep(SQL_CKPT_OLD);
     if (!st) return DG_EIO;
-    bind_text(st, 1, run_id);
+    dg_db_bind_text(st, 1, run_id);
     sqlite3_bind_int64(st, 2, keep < 1 ? 1 : keep);
     char ids[64][DG_ID_LEN];
     int n = 0;
@@ -995,10 +993,10 @@ int dg_db_ckpt_retain(const char *run_id, int64_t keep) {
     }
     sqlite3_reset(st);
     for (int i = 0; i < n; i++) {
-        sqlite3_stmt *d = prep(SQL_CKPT_DEL);
+        sqlite3_stmt *d = dg_db_prep(SQL_CKPT_DEL);
         if (!d) return DG_EIO;
-        bind_text(d, 1, ids[i]);
-        step_done(d);
+        dg_db_bind_text(d, 1, ids[i]);
+        dg_db_step(d);
     }
     return 0;
 }
@@ -1006,9 +1004,9 @@ int dg_db_ckpt_retain(const char *run_id, int64_t keep) {
 static const char SQL_CKPT_LATEST[] =
     "SELECT path, step FROM checkpoints WHERE run_id = ?1 ORDER BY step DESC LIMIT 1";
 int dg_db_ckpt_latest(const char *run_id, char *path, size_t n, int64_t *step) {
-    sqlite3_stmt *st = prep(SQL_CKPT_LATEST);
+    sqlite3_stmt *st = dg_db_prep(SQL_CKPT_LATEST);
     if (!st) return DG_EIO;
-    bind_text(st, 1, run_id);
+    dg_db_bind_text(st, 1, run_id);
     int rc = DG_ENOTFOUND;
     if (sqlite3_step(st) == SQLITE_ROW) {
         snprintf(path, n, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -1023,9 +1021,9 @@ static const char SQL_CKPT_LIST[] =
     "SELECT id, step, created_at, bytes, sha256, train_loss, val_loss, path FROM checkpoints"
     " WHERE run_id = ?1 ORDER BY step";
 int dg_db_ckpt_list(const char *run_id, json_t **out) {
-    sqlite3_stmt *st = prep(SQL_CKPT_LIST);
+    sqlite3_stmt *st = dg_db_prep(SQL_CKPT_LIST);
     if (!st) return DG_EIO;
-    bind_text(st, 1, run_id);
+    dg_db_bind_text(st, 1, run_id);
     json_t *arr = json_array();
     while (sqlite3_step(st) == SQLITE_ROW) {
         json_t *c = json_object();
@@ -1055,14 +1053,14 @@ static const char SQL_BENCH_ADD[] =
     " VALUES(?1, ?2, ?3, ?4, ?5)";
 int dg_db_bench_add(const char *id, const char *job_id, const char *env_json,
                     const char *results_json) {
-    sqlite3_stmt *st = prep(SQL_BENCH_ADD);
+    sqlite3_stmt *st = dg_db_prep(SQL_BENCH_ADD);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
-    bind_text(st, 2, job_id);
+    dg_db_bind_text(st, 1, id);
+    dg_db_bind_text(st, 2, job_id);
     sqlite3_bind_double(st, 3, dg_wall_s());
-    bind_text(st, 4, env_json);
-    bind_text(st, 5, results_json);
-    return step_done(st);
+    dg_db_bind_text(st, 4, env_json);
+    dg_db_bind_text(st, 5, results_json);
+    return dg_db_step(st);
 }
 
 #define BENCH_COLS "b.id, b.created_at, b.env_json, b.results_json, j.status, j.started_at," \
@@ -1083,9 +1081,9 @@ static json_t *bench_row(sqlite3_stmt *st) {
 static const char SQL_BENCH_GET[] =
     "SELECT " BENCH_COLS " FROM benchmarks b LEFT JOIN jobs j ON j.id = b.job_id WHERE b.id = ?1";
 int dg_db_bench_get(const char *id, json_t **out) {
-    sqlite3_stmt *st = prep(SQL_BENCH_GET);
+    sqlite3_stmt *st = dg_db_prep(SQL_BENCH_GET);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     int rc = DG_ENOTFOUND;
     if (sqlite3_step(st) == SQLITE_ROW) { *out = bench_row(st); rc = 0; }
     sqlite3_reset(st);
@@ -1095,7 +1093,7 @@ static const char SQL_BENCH_LIST[] =
     "SELECT " BENCH_COLS " FROM benchmarks b LEFT JOIN jobs j ON j.id = b.job_id"
     " ORDER BY b.created_at DESC LIMIT 1000";
 int dg_db_bench_list(json_t **out) {
-    sqlite3_stmt *st = prep(SQL_BENCH_LIST);
+    sqlite3_stmt *st = dg_db_prep(SQL_BENCH_LIST);
     if (!st) return DG_EIO;
     json_t *arr = json_array();
     while (sqlite3_step(st) == SQLITE_ROW) json_array_append_new(arr, bench_row(st));
@@ -1115,7 +1113,7 @@ static const char SQL_INTERRUPTED[] =
     " ORDER BY seq";
 int dg_db_recover(bool resume, int *requeued, int *failed) {
     *requeued = *failed = 0;
-    sqlite3_stmt *st = prep(SQL_INTERRUPTED);
+    sqlite3_stmt *st = dg_db_prep(SQL_INTERRUPTED);
     if (!st) return DG_EIO;
     typedef struct { char id[DG_ID_LEN]; char status[16]; char kind[16]; } row;
     int n = 0, cap = 16;
@@ -1176,9 +1174,9 @@ int dg_db_recover(bool resume, int *requeued, int *failed) {
 
 static const char SQL_CKPT_BY_ID[] = "SELECT path, run_id FROM checkpoints WHERE id = ?1";
 int dg_db_ckpt_by_id(const char *id, char *path, size_t n, char run_id[DG_ID_LEN]) {
-    sqlite3_stmt *st = prep(SQL_CKPT_BY_ID);
+    sqlite3_stmt *st = dg_db_prep(SQL_CKPT_BY_ID);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     int rc = DG_ENOTFOUND;
     if (sqlite3_step(st) == SQLITE_ROW) {
         snprintf(path, n, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -1193,7 +1191,7 @@ static const char SQL_QUEUE_LIST[] =
     "SELECT id, kind, name, priority, created_at FROM jobs WHERE status = 'queued'"
     " ORDER BY priority DESC, seq ASC LIMIT 10000";
 int dg_db_queue_list(json_t **out) {
-    sqlite3_stmt *st = prep(SQL_QUEUE_LIST);
+    sqlite3_stmt *st = dg_db_prep(SQL_QUEUE_LIST);
     if (!st) return DG_EIO;
     json_t *arr = json_array();
     int64_t pos = 0;

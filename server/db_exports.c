@@ -1,8 +1,7 @@
 /* server/db_exports.c -- the SQL of exports (POST /v1/exports): the migration that adds the
  * exports table (schema version 2) and one small function per query.
  *
- * The connection is db.c's (dg_db_exports_attach hands it over after dg_db_open); statements are
- * prepared once and cached here. A row goes queued -> running -> succeeded | failed; files_json
+ * The connection and the statement cache are db.c's (dg_db_prep, dg_db_step, dg_db_bind_text). A row goes queued -> running -> succeeded | failed; files_json
  * holds [{"name", "bytes", "sha256"}] once the export succeeded.
  * Not here: HTTP and the export job itself (exports.c). Thread affinity: LOOP thread only. */
 #include "db_exports.h"
@@ -32,55 +31,6 @@ const char dg_db_exports_sql[] =
     ");\n"
     "CREATE INDEX IF NOT EXISTS exports_seq ON exports(seq);\n";
 
-static sqlite3 *g_db;
-
-#define XDB_MAX_STMTS 16
-static struct { const char *sql; sqlite3_stmt *st; } g_st[XDB_MAX_STMTS];
-static int g_n_st;
-
-void dg_db_exports_attach(sqlite3 *db) {
-    for (int i = 0; i < g_n_st; i++) sqlite3_finalize(g_st[i].st);
-    g_n_st = 0;
-    g_db = db;
-}
-
-void dg_db_exports_detach(void) { dg_db_exports_attach(NULL); }
-
-static sqlite3_stmt *prep(const char *sql) {
-    if (!g_db) return NULL;
-    for (int i = 0; i < g_n_st; i++)
-        if (g_st[i].sql == sql) {
-            sqlite3_reset(g_st[i].st);
-            sqlite3_clear_bindings(g_st[i].st);
-            return g_st[i].st;
-        }
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(g_db, sql, -1, &st, NULL) != SQLITE_OK) {
-        DG_ERROR("sqlite prepare failed: %s (%s)", sqlite3_errmsg(g_db), sql);
-        return NULL;
-    }
-    DG_ASSERT(g_n_st < XDB_MAX_STMTS);
-    g_st[g_n_st].sql = sql;
-    g_st[g_n_st].st = st;
-    g_n_st++;
-    return st;
-}
-
-static int step_done(sqlite3_stmt *st) {
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
-        DG_ERROR("sqlite step failed: %s", sqlite3_errmsg(g_db));
-        return rc == SQLITE_CONSTRAINT ? DG_EEXIST : DG_EIO;
-    }
-    return 0;
-}
-
-static void bind_text(sqlite3_stmt *st, int i, const char *s) {
-    if (s) sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
-    else sqlite3_bind_null(st, i);
-}
-
 static json_t *col_str(sqlite3_stmt *st, int i) {
     const unsigned char *s = sqlite3_column_text(st, i);
     return s ? json_string((const char *)s) : json_null();
@@ -100,20 +50,20 @@ static const char SQL_INSERT[] =
     " 'queued', ?7, ?8, ?9, ?10)";
 
 int dg_db_export_insert(const dg_db_newexport *e) {
-    sqlite3_stmt *st = prep(SQL_INSERT);
+    sqlite3_stmt *st = dg_db_prep(SQL_INSERT);
     if (!st) return DG_EIO;
-    bind_text(st, 1, e->id);
-    bind_text(st, 2, e->checkpoint_id);
-    bind_text(st, 3, e->checkpoint_path);
-    bind_text(st, 4, e->format);
-    bind_text(st, 5, e->dtype);
+    dg_db_bind_text(st, 1, e->id);
+    dg_db_bind_text(st, 2, e->checkpoint_id);
+    dg_db_bind_text(st, 3, e->checkpoint_path);
+    dg_db_bind_text(st, 4, e->format);
+    dg_db_bind_text(st, 5, e->dtype);
     if (e->parts_mib > 0) sqlite3_bind_double(st, 6, e->parts_mib);
     else sqlite3_bind_null(st, 6);
-    bind_text(st, 7, e->dir);
-    bind_text(st, 8, e->request_json);
-    bind_text(st, 9, e->idempotency_key);
+    dg_db_bind_text(st, 7, e->dir);
+    dg_db_bind_text(st, 8, e->request_json);
+    dg_db_bind_text(st, 9, e->idempotency_key);
     sqlite3_bind_double(st, 10, dg_wall_s());
-    return step_done(st);
+    return dg_db_step(st);
 }
 
 static const char SQL_START[] =
@@ -123,22 +73,22 @@ static const char SQL_FINISH[] =
     " finished_at = ?5 WHERE id = ?1";
 
 int dg_db_export_set_running(const char *id) {
-    sqlite3_stmt *st = prep(SQL_START);
+    sqlite3_stmt *st = dg_db_prep(SQL_START);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     sqlite3_bind_double(st, 2, dg_wall_s());
-    return step_done(st);
+    return dg_db_step(st);
 }
 
 int dg_db_export_finish(const char *id, bool ok, const char *message, const char *files_json) {
-    sqlite3_stmt *st = prep(SQL_FINISH);
+    sqlite3_stmt *st = dg_db_prep(SQL_FINISH);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
-    bind_text(st, 2, ok ? "succeeded" : "failed");
-    bind_text(st, 3, message);
-    bind_text(st, 4, files_json);
+    dg_db_bind_text(st, 1, id);
+    dg_db_bind_text(st, 2, ok ? "succeeded" : "failed");
+    dg_db_bind_text(st, 3, message);
+    dg_db_bind_text(st, 4, files_json);
     sqlite3_bind_double(st, 5, dg_wall_s());
-    return step_done(st);
+    return dg_db_step(st);
 }
 
 #define EXPORT_COLS                                                                            \
@@ -189,18 +139,18 @@ static json_t *row_json(sqlite3_stmt *st) {
 static const char SQL_GET[] = "SELECT " EXPORT_COLS " FROM exports WHERE id = ?1";
 
 json_t *dg_db_export_json(const char *id) {
-    sqlite3_stmt *st = prep(SQL_GET);
+    sqlite3_stmt *st = dg_db_prep(SQL_GET);
     if (!st) return NULL;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     json_t *o = sqlite3_step(st) == SQLITE_ROW ? row_json(st) : NULL;
     sqlite3_reset(st);
     return o;
 }
 
 int dg_db_export_paths(const char *id, char *dir, size_t dn, char status[16]) {
-    sqlite3_stmt *st = prep(SQL_GET);
+    sqlite3_stmt *st = dg_db_prep(SQL_GET);
     if (!st) return DG_EIO;
-    bind_text(st, 1, id);
+    dg_db_bind_text(st, 1, id);
     int rc = DG_ENOTFOUND;
     if (sqlite3_step(st) == SQLITE_ROW) {
         snprintf(dir, dn, "%s", (const char *)sqlite3_column_text(st, 12));
@@ -216,10 +166,10 @@ static const char SQL_LIST[] =
     " WHERE id = ?1)) ORDER BY seq DESC LIMIT ?2";
 
 int dg_db_export_list(const char *after, int64_t limit, json_t **out) {
-    sqlite3_stmt *st = prep(SQL_LIST);
+    sqlite3_stmt *st = dg_db_prep(SQL_LIST);
     if (!st) return DG_EIO;
     if (limit <= 0 || limit > 1000) limit = 100;
-    bind_text(st, 1, after);
+    dg_db_bind_text(st, 1, after);
     sqlite3_bind_int64(st, 2, limit + 1);
     json_t *data = json_array();
     int64_t n = 0;
@@ -241,9 +191,9 @@ int dg_db_export_list(const char *after, int64_t limit, json_t **out) {
 static const char SQL_BY_KEY[] = "SELECT id, request_json FROM exports WHERE idempotency_key = ?1";
 
 int dg_db_export_by_key(const char *key, char id[DG_ID_LEN], char **request_json) {
-    sqlite3_stmt *st = prep(SQL_BY_KEY);
+    sqlite3_stmt *st = dg_db_prep(SQL_BY_KEY);
     if (!st) return DG_EIO;
-    bind_text(st, 1, key);
+    dg_db_bind_text(st, 1, key);
     int rc = DG_ENOTFOUND;
     if (sqlite3_step(st) == SQLITE_ROW) {
         snprintf(id, DG_ID_LEN, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -259,7 +209,7 @@ static const char SQL_PENDING[] =
     " WHERE status IN ('queued', 'running') ORDER BY seq";
 
 int dg_db_export_pending(dg_db_export_row **rows, int *n) {
-    sqlite3_stmt *st = prep(SQL_PENDING);
+    sqlite3_stmt *st = dg_db_prep(SQL_PENDING);
     *rows = NULL;
     *n = 0;
     if (!st) return DG_EIO;

@@ -1,19 +1,23 @@
 /* server/db_exports.h -- SQLite rows of exports (server/db_exports.c): the table is added by
  * schema migration 1 -> 2 (dg_db_exports_sql, applied by db.c's migration list), the queries use
- * db.c's connection (dg_db_exports_attach). Functions return 0 or a negative DG_E* code.
+ * db.c's connection and statement cache. Functions return 0 or a negative DG_E* code.
  * Not here: HTTP, the job runner (exports.c). Thread affinity: LOOP thread only. */
 #ifndef DG_DB_EXPORTS_H
 #define DG_DB_EXPORTS_H
 
 #include "srv.h"
 
-typedef struct sqlite3 sqlite3;
+typedef struct sqlite3_stmt sqlite3_stmt;
 
 extern const char dg_db_exports_sql[];     /* the migration to schema version 2 */
 
-/* Uses db for every query below (NULL detaches; statements are finalized either way). */
-void dg_db_exports_attach(sqlite3 *db);
-void dg_db_exports_detach(void);
+/* db.c's statement helpers, shared by the SQL files of the server (loop thread): a cached
+ * prepared statement for sql (reset, bindings cleared; NULL when the db is closed or the SQL is
+ * bad), one step (0; DG_EEXIST on a constraint violation; DG_EIO), and a text bind (NULL binds
+ * NULL). */
+sqlite3_stmt *dg_db_prep(const char *sql);
+int           dg_db_step(sqlite3_stmt *st);
+void          dg_db_bind_text(sqlite3_stmt *st, int i, const char *s);
 
 typedef struct {
     const char *id, *checkpoint_id, *checkpoint_path, *format, *dtype, *dir, *request_json;

@@ -22,7 +22,7 @@
 #include "proto/export.h"
 
 /* Starts the runner: exports/ under data_dir, pending exports requeued. The database must be
- * open and attached (dg_db_exports_attach). */
+ * open. */
 int  dg_exports_init(uv_loop_t *loop, const char *data_dir, char *err, size_t n);
 /* No export is running or queued. */
 bool dg_exports_idle(void);
