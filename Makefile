@@ -35,24 +35,35 @@ PROTO_LIBS  := -ljansson -lcurl
 
 # ---- optional features -------------------------------------------------------------------
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+# nvcc may be a wrapper script outside the toolkit (/usr/local/bin/nvcc), so the libraries are
+# found on their own: the toolkit beside nvcc, /usr/local/cuda, then the linker cache.
+CUDA_ROOTS  := $(patsubst %/bin/nvcc,%,$(NVCC)) \
+               $(shell sed -n 's|^exec \(.*\)/bin/nvcc .*|\1|p' $(NVCC) 2>/dev/null) \
+               /usr/local/cuda $(wildcard /usr/local/cuda-*)
+CUDA_LIBDIR := $(firstword $(foreach r,$(CUDA_ROOTS),$(foreach d,$(r)/lib64 $(r)/lib \
+                 $(r)/targets/x86_64-linux/lib,$(if $(wildcard $(d)/libcublas.so),$(d)))) \
+                 $(shell /sbin/ldconfig -p 2>/dev/null | sed -n 's|.*=> \(.*\)/libcublas\.so$$|\1|p' | head -1))
 ifeq ($(USE_CUDA),auto)
-  USE_CUDA := $(if $(NVCC),1,0)
+  USE_CUDA := $(if $(and $(NVCC),$(CUDA_LIBDIR)),1,0)
 endif
 ifeq ($(USE_CUDA),1)
   ifeq ($(NVCC),)
     $(error USE_CUDA=1 but nvcc was not found)
   endif
-  CUDA_HOME   := $(patsubst %/bin/nvcc,%,$(NVCC))
+
   CUDA_SRC    := $(wildcard kernels/cuda/*.cu)
   CUDA_OBJ    := $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_SRC))
   NVCCFLAGS   ?= -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -lineinfo \
                  -Xcompiler -fPIC -I. -Iengine -Ikernels/common --expt-relaxed-constexpr
   CFLAGS      += -DDG_USE_CUDA
-  LDLIBS      += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+  ifeq ($(CUDA_LIBDIR),)
+    $(error USE_CUDA=1 but libcublas.so was not found (set CUDA_LIBDIR=/path/to/cuda/lib64))
+  endif
+  LDLIBS      += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublasLt -lcublas -lcudart -lstdc++
   FEATURE_CUDA := ✓ CUDA ($(shell $(NVCC) --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), sm_90a)
 else
   CUDA_OBJ    :=
-  FEATURE_CUDA := ✗ CUDA: nvcc not found (or USE_CUDA=0)
+  FEATURE_CUDA := ✗ CUDA: nvcc or cuBLAS not found (or USE_CUDA=0)
 endif
 
 GLSLC := $(shell command -v glslc 2>/dev/null)
