@@ -17,7 +17,9 @@
 #   DG_BENCH_DATA           text corpus (default ../shared/data/tinyshakespeare.txt)
 #   DG_BENCH_CONFIG_DIR     model presets (default config/models)
 #   DG_BENCH_TRAIN_STEPS    timed training steps per side (default 3; +1 untimed warm-up)
-#   DG_BENCH_DECODE_TOKENS  timed decode tokens per session (default 64; +4 warm-up)
+#   DG_BENCH_DECODE_TOKENS  timed decode tokens per session (default 256; +4 warm-up)
+#   DG_BENCH_DECODE_REPEAT  runs per side of each decode row, alternating (default 3); the table
+#                           takes the median of each side, the commands list shows every run
 #   DG_BENCH_QUALITY        1 (default) runs the one-epoch quality comparison, 0 skips it
 #                           (peer: dragon_torch.py eval-epoch; ours: dragond train --steps E
 #                           --offsets FILE --seed S, val_loss from its metrics.jsonl)
@@ -38,7 +40,8 @@ OURS="$BUILD/dragond"
 DATA=${DG_BENCH_DATA:-../shared/data/tinyshakespeare.txt}
 CFGDIR=${DG_BENCH_CONFIG_DIR:-config/models}
 TSTEPS=${DG_BENCH_TRAIN_STEPS:-3}
-DTOK=${DG_BENCH_DECODE_TOKENS:-64}
+DTOK=${DG_BENCH_DECODE_TOKENS:-256}
+DREPS=${DG_BENCH_DECODE_REPEAT:-3}
 QUALITY=${DG_BENCH_QUALITY:-1}
 RESULTS=${DG_BENCH_RESULTS:-bench/RESULTS.md}
 THREADS=2
@@ -131,6 +134,9 @@ fmt() {
     if [ -n "$1" ]; then "$PY" -c "import sys; print('%.4g' % float(sys.argv[1]))" "$1"
     else echo "n/a"; fi
 }
+median() {
+    "$PY" -c "import sys, statistics; print(statistics.median(float(a) for a in sys.argv[1:]))" "$@"
+}
 ratio() {
     if [ -n "$1" ] && [ -n "$2" ]; then
         "$PY" -c "import sys; print('%.2fx' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"
@@ -146,21 +152,36 @@ bench_pair() {
     ours=("$@")
     local slug
     slug=$(echo "$label" | tr -c 'A-Za-z0-9\n' '_')
-    local pv="" ov=""
-    if run_side "peer_$slug" "${peer[@]}"; then
-        pv=$(json_field "$WORK/peer_$slug.out" "$key")
-    fi
+    local pv="" ov="" pvs=() ovs=() r v
+    for ((r = 1; r <= PAIR_REPS; r++)); do      # alternate the sides; median of each
+        v=""
+        if run_side "peer_${slug}_$r" "${peer[@]}"; then
+            v=$(json_field "$WORK/peer_${slug}_$r.out" "$key")
+        fi
+        [ -n "$v" ] && pvs+=("$v")
+        if [ $HAVE_OURS -eq 1 ]; then
+            v=""
+            if run_side "ours_${slug}_$r" "${ours[@]}"; then
+                v=$(json_field "$WORK/ours_${slug}_$r.out" "$key")
+            fi
+            [ -n "$v" ] && ovs+=("$v")
+        fi
+    done
+    [ ${#pvs[@]} -eq "$PAIR_REPS" ] && pv=$(median "${pvs[@]}")
     [ -n "$pv" ] || { FAILED=1; note "peer failed for $label (see raw output)"; }
     if [ $HAVE_OURS -eq 1 ]; then
-        if run_side "ours_$slug" "${ours[@]}"; then
-            ov=$(json_field "$WORK/ours_$slug.out" "$key")
-        fi
+        [ ${#ovs[@]} -eq "$PAIR_REPS" ] && ov=$(median "${ovs[@]}")
         [ -n "$ov" ] || { FAILED=1; note "dragond failed for $label (see raw output)"; }
+    fi
+    if [ "$PAIR_REPS" -gt 1 ]; then
+        printf -- '- %s: peer runs %s; dragond runs %s (medians in the table)\n' "$label" \
+            "${pvs[*]:-none}" "${ovs[*]:-none}" >>"$CMDS"
     fi
     printf '| %s | %s | %s | %s | %s |\n' "$label" "$(fmt "$pv")" "$(fmt "$ov")" \
         "$(ratio "$ov" "$pv")" "$target" >>"$ROWS"
 }
 
+PAIR_REPS=1
 # ---- 1, 2: training ---------------------------------------------------------------------------
 if [ $HAVE_DATA -eq 1 ]; then
     bench_pair "train base B24 T512 (tok/s)" tokens_per_s ">= 2x" \
@@ -189,6 +210,7 @@ else:
         print(69)
 EOF
 )
+PAIR_REPS=$DREPS
 for S in 1 8; do
     bench_pair "decode base, $S session(s) (tok/s aggregate)" tokens_per_s ">= 10x" \
         $PEER decode --config "$BASE" --vocab "$VOCAB" --sessions "$S" --tokens "$DTOK" \

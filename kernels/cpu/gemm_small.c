@@ -2,16 +2,32 @@
  *
  * OpenBLAS packs the whole B operand on every sgemm call; for one or a few rows (a decode step
  * of 1..16 sequences) that packing costs more than the arithmetic. Here C rows are built
- * directly: for B stored (K, N), C[i] += A[i,k] * B[k] over k, skipping A[i,k] == 0 -- the
- * Dragon activations feeding the decoder are ReLU products, mostly zero, so whole weight rows
- * are never read; for B stored transposed (N, K), C[i,j] = A[i] . B[j].
+ * directly. For B stored (K, N):
+ *   - AVX-512 (chosen at run time where the CPU has it): register tiles of up to 4 rows x 64..128
+ *     columns. The k indices where any row of the tile is non-zero are listed first, so a weight
+ *     row is read once per tile and never when every A[i,k] of the tile is zero (the Dragon
+ *     activations feeding the decoder are ReLU products, mostly zero);
+ *   - otherwise: C[i] += A[i,k] * B[k] over k in L1-sized column blocks, skipping A[i,k] == 0.
+ * For B stored transposed (N, K), C[i,j] = A[i] . B[j].
  * Accumulation is f32 in a different order than sgemm: results agree with ref within the
- * usual 1e-5 relative. Thread affinity: the cpu backend's thread. */
+ * usual 1e-5 relative. Not for transposed A (the caller uses sgemm). No allocation: the k
+ * lists live on the stack, K is taken in chunks of KC.
+ * Thread affinity: the calling thread; no shared state except the ISA choice, set once. */
 #include "backend.h"
 
+#include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define DG_X86 1
+#endif
+
 int dg__cpu_gemm_small(const dg_gemm_desc *d);
+int dg__cpu_isa_avx512(int want);
+
+typedef void (*dg_pool_fn)(void *arg, int64_t chunk);   /* kernels/cpu/pool.c */
+void dg__cpu_pool_run(dg_pool_fn fn, void *arg, int64_t n);
 
 #define SMALL_M 16
 
@@ -76,9 +92,157 @@ static void gemm_cols(const dg_gemm_desc *d, int64_t j_lo, int64_t j_hi) {
     }
 }
 
+#ifdef DG_X86
+#define T512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+#define KC   2048                 /* k indices listed per chunk (stack: KC * 20 bytes) */
+#define CW(d) ((d)->M <= 2 ? 128 : 64)   /* columns per pool chunk: one register tile wide */
+
+/* One register tile: rows [0, MR) of the packed A values ap (nk x MR, k-major), columns
+ * [0, NV*16) of B from brow0 with masks mk, over the listed k. first: C = beta C + alpha acc,
+ * else C += alpha acc (a later K chunk). */
+static inline __attribute__((always_inline)) T512 void
+tile512(const int MR, const int NV, int64_t nk, const int32_t *idx, const float *ap,
+        const float *B, int64_t ldb, float *C, int64_t ldc, const __mmask16 *mk, float alpha,
+        float beta, int first) {
+    __m512 acc[4][8];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < nk; t++) {
+        const float *brow = B + (int64_t)idx[t] * ldb;
+        if (t + 4 < nk) {
+            const char *nx = (const char *)(B + (int64_t)idx[t + 4] * ldb);
+            for (int v = 0; v < NV; v++) _mm_prefetch(nx + 64 * v, _MM_HINT_T0);
+        }
+        __m512 b[8];
+        for (int v = 0; v < NV; v++) b[v] = _mm512_maskz_loadu_ps(mk[v], brow + 16 * v);
+        for (int r = 0; r < MR; r++) {
+            __m512 a = _mm512_set1_ps(ap[t * MR + r]);
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+        }
+    }
+    __m512 al = _mm512_set1_ps(alpha), be = _mm512_set1_ps(beta);
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) {
+            float *c = C + r * ldc + 16 * v;
+            __m512 o = _mm512_mul_ps(al, acc[r][v]);
+            if (!first)
+                o = _mm512_add_ps(o, _mm512_maskz_loadu_ps(mk[v], c));
+            else if (beta != 0.0f)
+                o = _mm512_fmadd_ps(be, _mm512_maskz_loadu_ps(mk[v], c), o);
+            _mm512_mask_storeu_ps(c, mk[v], o);
+        }
+}
+
+static T512 void masks(__mmask16 *mk, int NV, int64_t nj) {
+    for (int v = 0; v < NV; v++) {
+        int64_t left = nj - 16 * v;
+        mk[v] = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+    }
+}
+
+/* Rows [i0, i0+MR) of one batch item, all columns, k chunk by chunk. */
+static T512 void rows512(const dg_gemm_desc *d, const float *A, const float *B, float *C,
+                         int64_t i0, int MR, int64_t j_lo, int64_t j_hi) {
+    int64_t K = d->K, N = j_hi, lda = d->A.ld, ldb = d->B.ld, ldc = d->C.ld;
+    int NV = MR <= 2 ? 8 : 4, W = 16 * NV;
+    int32_t idx[KC];
+    float ap[KC * 4];
+    __mmask16 mk[8];
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        int64_t kn = K - k0 < KC ? K - k0 : KC, nk = 0;
+        for (int64_t k = k0; k < k0 + kn; k++) {   /* list the k where any row is non-zero */
+            int any = 0;
+            for (int r = 0; r < MR; r++) any |= A[(i0 + r) * lda + k] != 0.0f;
+            if (!any) continue;
+            for (int r = 0; r < MR; r++) ap[nk * MR + r] = A[(i0 + r) * lda + k];
+            idx[nk++] = (int32_t)k;
+        }
+        int first = k0 == 0;
+        if (nk == 0 && !first) continue;
+        for (int64_t j0 = j_lo; j0 < N; j0 += W) {
+            masks(mk, NV, N - j0);
+            const float *Bj = B + j0;
+            float *Cj = C + i0 * ldc + j0;
+            switch (MR) {
+            case 1: tile512(1, 8, nk, idx, ap, Bj, ldb, Cj, ldc, mk, d->alpha, d->beta, first); break;
+            case 2: tile512(2, 8, nk, idx, ap, Bj, ldb, Cj, ldc, mk, d->alpha, d->beta, first); break;
+            case 3: tile512(3, 4, nk, idx, ap, Bj, ldb, Cj, ldc, mk, d->alpha, d->beta, first); break;
+            default: tile512(4, 4, nk, idx, ap, Bj, ldb, Cj, ldc, mk, d->alpha, d->beta, first); break;
+            }
+        }
+    }
+}
+
+/* Chunk c of a GEMM: batch item c / nj, columns [CW * (c % nj), +CW), every row tile. */
+static T512 void chunk512(const dg_gemm_desc *d, int64_t c) {
+    int64_t nj = (d->N + CW(d) - 1) / CW(d), bi = c / nj, j_lo = CW(d) * (c % nj);
+    int64_t j_hi = j_lo + CW(d) < d->N ? j_lo + CW(d) : d->N;
+    const float *A = (const float *)((const char *)d->A.buf->data + d->A.offs) + bi * d->A.bstride;
+    const float *B = (const float *)((const char *)d->B.buf->data + d->B.offs) + bi * d->B.bstride;
+    float *C = (float *)((char *)d->C.buf->data + d->C.offs) + bi * d->C.bstride;
+    for (int64_t i0 = 0; i0 < d->M; i0 += 4) {
+        int MR = d->M - i0 < 4 ? (int)(d->M - i0) : 4;
+        rows512(d, A, B, C, i0, MR, j_lo, j_hi);
+    }
+}
+
+static void chunk512_fn(void *arg, int64_t c) { chunk512(arg, c); }
+#endif
+
+/* Portable path, chunk c: columns [64 c, 64 c + 64) of every batch item. */
+static void chunk_cols_fn(void *arg, int64_t c) {
+    const dg_gemm_desc *d = arg;
+    int64_t lo = 64 * c, hi = lo + 64 < d->N ? lo + 64 : d->N;
+    gemm_cols(d, lo, hi);
+}
+
+/* Worth a second core: at least ~64K multiply-adds. */
+static int64_t pool_chunks(const dg_gemm_desc *d, int64_t n) {
+    return d->M * d->N * d->K * d->batch >= 65536 ? n : 1;
+}
+
+/* -1: not decided yet; 0: portable loops; 1: AVX-512. DG_CPU_ISA=avx2 forces the portable
+ * loops (for comparison); tests switch with dg__cpu_isa_avx512(). */
+static int g_isa512 = -1;
+
+static int isa512(void) {
+    if (g_isa512 < 0) {
+#ifdef DG_X86
+        const char *e = getenv("DG_CPU_ISA");
+        g_isa512 = (e && strcmp(e, "avx512")) ? 0 : __builtin_cpu_supports("avx512f") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                   __builtin_cpu_supports("avx512bw");
+#else
+        g_isa512 = 0;
+#endif
+    }
+    return g_isa512;
+}
+
+/* want 0/1 selects the path (1 only where the CPU has AVX-512), -1 just asks. Returns the
+ * path in use before the call. Not thread safe: for tests and start-up. */
+int dg__cpu_isa_avx512(int want) {
+    int prev = isa512();
+#ifdef DG_X86
+    if (want == 0) g_isa512 = 0;
+    if (want == 1) { g_isa512 = -1; g_isa512 = isa512(); }
+#endif
+    return prev;
+}
+
 /* Returns 1 when it computed the GEMM, 0 when the shape is not for it (caller uses sgemm). */
 int dg__cpu_gemm_small(const dg_gemm_desc *d) {
     if (d->M > SMALL_M || d->A.trans) return 0;
-    gemm_cols(d, 0, d->N);
+#ifdef DG_X86
+    if (!d->B.trans && isa512()) {
+        int64_t n = d->batch * ((d->N + CW(d) - 1) / CW(d));
+        if (pool_chunks(d, n) > 1) dg__cpu_pool_run(chunk512_fn, (void *)d, n);
+        else for (int64_t c = 0; c < n; c++) chunk512(d, c);
+        return 1;
+    }
+#endif
+    int64_t n = (d->N + 63) / 64;
+    if (pool_chunks(d, n) > 1) dg__cpu_pool_run(chunk_cols_fn, (void *)d, n);
+    else gemm_cols(d, 0, d->N);
     return 1;
 }

@@ -16,7 +16,15 @@ static const char *const BE[2] = {"ref", "cpu"};
 // ------------------------------------------------------------------------------------------
 // gemm
 
-typedef struct { int64_t M, N, K, batch; bool ta, tb; int64_t pad; float alpha, beta; } gemm_case;
+typedef struct {
+    int64_t M, N, K, batch;
+    bool    ta, tb;
+    int64_t pad;
+    float   alpha, beta;
+    float   zero;               /* fraction of A set to 0 (ReLU-like sparsity) */
+} gemm_case;
+
+int dg__cpu_isa_avx512(int want);   /* kernels/cpu/gemm_small.c: pick the small-M path */
 
 static void run_gemm(const gemm_case *gc, uint64_t seed) {
     dg_rng r;
@@ -29,6 +37,9 @@ static void run_gemm(const gemm_case *gc, uint64_t seed) {
     int64_t na = gc->batch * sa, nb = gc->batch * sb, nc = gc->batch * scs;
     float *A = ku_randn(&r, na, 1.0f), *Bm = ku_randn(&r, nb, 1.0f);
     float *C0 = ku_randn(&r, nc, 1.0f);
+    if (gc->zero > 0)
+        for (int64_t i = 0; i < na; i++)
+            if (dg_rng_uniform(&r) < gc->zero) A[i] = 0.0f;
     if (gc->beta == 0.0f)
         for (int64_t i = 0; i < nc; i++) C0[i] = NAN;   /* beta = 0 must not read C */
     float *res[2];
@@ -75,6 +86,41 @@ START_TEST(test_gemm) {
         {130, 70, 257, 1, false, true, 0, 1.0f, 0.0f},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_gemm(&cases[i], 100 + i);
+}
+END_TEST
+
+/* The cpu backend's few-row path (M <= 16, decode steps) on both of its code paths: AVX-512
+ * register tiles (where the CPU has them) and the portable loops. Shapes cover every row-tile
+ * size, masked column tails, sparse and all-zero A rows, a K longer than one k chunk (2048),
+ * beta 0 (C is NaN) and beta != 0, batches with strides. */
+START_TEST(test_gemm_small) {
+    const gemm_case cases[] = {
+        {1, 256, 256, 4, false, false, 0, 1.0f, 0.0f, 0.0f},
+        {1, 256, 1024, 1, false, false, 0, 1.0f, 0.0f, 0.8f},
+        {1, 69, 256, 1, false, false, 0, 1.0f, 0.0f, 0.0f},
+        {2, 130, 33, 2, false, false, 3, 0.5f, 1.0f, 0.5f},
+        {3, 17, 7, 1, false, false, 1, 1.0f, 0.0f, 0.0f},
+        {4, 64, 256, 3, false, false, 0, 1.0f, 0.0f, 0.3f},
+        {5, 100, 300, 1, false, false, 2, -1.5f, 0.25f, 0.6f},
+        {7, 1, 1, 1, false, false, 0, 1.0f, 0.0f, 0.0f},
+        {8, 256, 1024, 1, false, false, 0, 1.0f, 0.0f, 0.9f},
+        {8, 256, 256, 4, false, false, 0, 1.0f, 0.0f, 0.0f},
+        {9, 33, 65, 2, false, false, 4, 1.0f, 1.0f, 1.0f},
+        {13, 48, 2348, 1, false, false, 0, 0.5f, 1.0f, 0.5f},
+        {16, 15, 4100, 1, false, false, 1, 1.0f, 0.0f, 0.95f},
+        {16, 31, 5, 3, false, true, 2, 1.0f, 0.0f, 0.0f},
+    };
+    int have = dg__cpu_isa_avx512(-1);
+    int paths[2] = {0, 1};
+    for (int p = 0; p < 2; p++) {
+        dg__cpu_isa_avx512(paths[p]);
+        if (dg__cpu_isa_avx512(-1) != paths[p]) {
+            printf("SKIP: gemm_small AVX-512 path: this CPU has no AVX-512\n");
+            continue;
+        }
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_gemm(&cases[i], 300 + i);
+    }
+    dg__cpu_isa_avx512(have);
 }
 END_TEST
 
@@ -537,6 +583,7 @@ static Suite *suite(void) {
     TCase *tc = tcase_create("ops");
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_gemm);
+    tcase_add_test(tc, test_gemm_small);
     tcase_add_test(tc, test_elementwise);
     tcase_add_test(tc, test_embed);
     tcase_add_test(tc, test_layernorm);
