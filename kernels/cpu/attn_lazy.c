@@ -73,7 +73,7 @@ static T512 void rows512(float *Rh, const int32_t *idx, int64_t na, const float 
             if (a + 2 < na) {
                 const char *nx = (const char *)(Rh + (int64_t)idx[a + 2] * D + d0);
                 for (int v = 0; v < 16; v++)
-                    if (mk[v]) _mm_prefetch(nx + 64 * v, _MM_HINT_T0);
+                    if (mk[v]) _mm_prefetch(nx + 64 * v, _MM_HINT_NTA);
             }
             for (int v = 0; v < 16; v++) {
                 __m512 r = _mm512_maskz_loadu_ps(mk[v], row + 16 * v);

@@ -8,7 +8,8 @@
  *     the state in its own L2);
  *   - nothing waits for a thread that is not running: if the worker is asleep or descheduled
  *     (another process holds the core), the caller simply takes every chunk itself and waits
- *     only for a chunk the worker has already started.
+ *     only for a chunk the worker has already started; when that wait is long (the worker was
+ *     preempted mid-chunk), the next BACKOFF_CALLS calls run on the caller alone.
  * The worker spins ~50 us after a job (decode calls come microseconds apart), then sleeps on a
  * futex, so an idle daemon or a training job (OpenBLAS threads) loses nothing to it.
  * Threads: DG_CPU_THREADS (default 2 when the machine has 2+ cores; 1 turns the pool off).
@@ -30,6 +31,8 @@ void dg__cpu_pool_run(dg_pool_fn fn, void *arg, int64_t n);
 int  dg__cpu_pool_threads(int want);
 
 #define SPIN_NS 50000            /* worker spin after a job before it sleeps */
+#define LATE_NS 300000           /* waiting this long for the worker's chunk ... */
+#define BACKOFF_CALLS 2000       /* ... runs the next calls on the caller alone */
 #define GEN_BITS 16
 #define IDX_BITS 24              /* chunk indices < 2^24 */
 #define IDX_MASK ((UINT64_C(1) << IDX_BITS) - 1)
@@ -139,8 +142,15 @@ int dg__cpu_pool_threads(int want) {
 void dg__cpu_pool_run(dg_pool_fn fn, void *arg, int64_t n) {
     DG_ASSERT(n >= 0 && (uint64_t)n <= IDX_MASK);
     pthread_once(&g_once, pool_init);
+    static int backoff;                        /* calls left to run alone; guarded by g_busy */
     if (n <= 1 || g_threads < 2 || atomic_flag_test_and_set(&g_busy)) {
         for (int64_t c = 0; c < n; c++) fn(arg, c);
+        return;
+    }
+    if (backoff > 0) {                         /* the worker was late: run alone for a while */
+        backoff--;
+        for (int64_t c = 0; c < n; c++) fn(arg, c);
+        atomic_flag_clear(&g_busy);
         return;
     }
     static uint64_t gen;                       /* guarded by g_busy */
@@ -156,6 +166,11 @@ void dg__cpu_pool_run(dg_pool_fn fn, void *arg, int64_t n) {
         fn(arg, c);
         atomic_fetch_sub_explicit(&g_left, 1, memory_order_acq_rel);
     }
-    while (atomic_load_explicit(&g_left, memory_order_acquire) > 0) cpu_relax();
+    if (atomic_load_explicit(&g_left, memory_order_acquire) > 0) {
+        int64_t t0 = now_ns();
+        while (atomic_load_explicit(&g_left, memory_order_acquire) > 0) cpu_relax();
+        /* a chunk held this long means the worker's core is shared with something else */
+        if (now_ns() - t0 > LATE_NS) backoff = BACKOFF_CALLS;
+    }
     atomic_flag_clear(&g_busy);
 }
