@@ -204,6 +204,7 @@ static void h_system(dg_req *r) {
             json_array_append(gpus, dv);
     json_object_set_new(o, "devices", devs);
     json_object_set_new(o, "gpus", gpus);
+    json_object_set_new(o, "inference", json_pack("{s:s}", "device", dg_infer_device()));
     json_object_set_new(o, "tokens_per_s", json_real(dg_jobs_tokens_per_s()));
     json_object_set_new(o, "queue", json_pack("{s:I, s:i}", "jobs_queued",
                                               (json_int_t)dg_db_queue_len(), "jobs_running",

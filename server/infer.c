@@ -449,6 +449,7 @@ static struct {
     imodel     *models;
     uv_timer_t  tick, sweep;
     bool        ready;
+    char        device[32];     /* where sessions run: "cpu" or "cuda:N" */
 } R;
 
 static bool is_dir(const char *p) {
@@ -2006,11 +2007,50 @@ int dg_infer_init(struct uv_loop_s *loop, const void *settings, char *err, size_
     }
     snprintf(dir, sizeof dir, "%s/models", R.data_dir);
     dg_mkdirs(dir);
-    int rc = dg_backend_open(s->backend, NULL, &E.be);
-    if (rc) {
-        snprintf(err, n, "inference: cannot open backend '%s': %s", s->backend, dg_strerror(rc));
-        return rc;
+    /* the device: auto takes the first GPU the cuda backend finds, else the CPU device */
+    const char *want = s->infer_device[0] ? s->infer_device : "auto";
+    int gpu = -1;
+    if (!strcmp(want, "cuda")) gpu = 0;
+    else if (strcmp(want, "auto") && strcmp(want, "cpu") && !dg_settings_cuda_index(want, &gpu)) {
+        snprintf(err, n, "infer_device: must be auto, cpu, cuda or cuda:N, got '%s'", want);
+        return DG_EINVAL;
     }
+    int rc;
+    if (!strcmp(want, "auto")) {
+        dg_device_info info[1];
+        if (dg_backend_find("cuda") && dg_backend_devices("cuda", info, 1) > 0) gpu = 0;
+    } else if (gpu >= 0) {
+        dg_device_info info[64];
+        int ng = dg_backend_find("cuda") ? dg_backend_devices("cuda", info, 64) : 0;
+        if (gpu >= ng) {
+            snprintf(err, n, "infer_device %s: %s (this build's backends: %s)", want,
+                     ng > 0 ? "no such GPU" : "no CUDA GPU found", dg_backend_list());
+            return DG_EDEVICE;
+        }
+    }
+    if (gpu >= 0) {
+        dg_backend_params bp = {.device = gpu};
+        rc = dg_backend_open("cuda", &bp, &E.be);
+        if (rc && !strcmp(want, "auto")) {
+            dg_log(DG_LOG_WARN, "inference: cuda:%d unavailable (%s); sessions run on the CPU",
+                   gpu, dg_strerror(rc));
+            gpu = -1;
+        } else if (rc) {
+            snprintf(err, n, "inference: cannot open cuda:%d: %s", gpu, dg_strerror(rc));
+            return rc;
+        }
+    }
+    if (gpu < 0) {
+        rc = dg_backend_open(s->backend, NULL, &E.be);
+        if (rc) {
+            snprintf(err, n, "inference: cannot open backend '%s': %s", s->backend, dg_strerror(rc));
+            return rc;
+        }
+        snprintf(R.device, sizeof R.device, "cpu");
+    } else {
+        snprintf(R.device, sizeof R.device, "cuda:%d", gpu);
+    }
+    dg_log(DG_LOG_INFO, "inference: sessions run on %s", R.device);
     pthread_mutex_init(&E.mu, NULL);
     pthread_cond_init(&E.cv, NULL);
     pthread_cond_init(&E.unit_cv, NULL);
@@ -2086,6 +2126,8 @@ void dg_infer_shutdown(void) {
     dg_backend_close(E.be);
     E.be = NULL;
 }
+
+const char *dg_infer_device(void) { return R.device[0] ? R.device : "cpu"; }
 
 void dg_infer_metrics_text(json_t *lines) {
     char buf[4096];

@@ -208,6 +208,8 @@ void dg_infer_shutdown(void);
 void dg_infer_models_changed(const char *name);
 /* Appends the inference metrics (Prometheus text lines) to lines. */
 void dg_infer_metrics_text(json_t *lines);
+/* Where sessions run: "cpu" or "cuda:N" (the infer_device setting, resolved at start). */
+const char *dg_infer_device(void);
 
 /* Handlers (the route table in api.c lists them). */
 void dg_h_models(dg_req *r);              /* GET    /v1/models                  */

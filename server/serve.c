@@ -34,7 +34,8 @@ static bool        g_finishing;
 static void usage(FILE *f) {
     fprintf(f,
         "usage: dragond [serve] [--config FILE] [--listen HOST:PORT] [--data-dir DIR]\n"
-        "                       [--token-file FILE] [--backend cpu|ref] [--help]\n"
+        "                       [--token-file FILE] [--backend cpu|ref]\n"
+        "                       [--infer-device auto|cpu|cuda|cuda:N] [--help]\n"
         "  --config FILE      settings file (default config/dragond.json when present)\n"
         "  --listen HOST:PORT address to listen on (default 127.0.0.1:8077; port 0 = any free\n"
         "                     port, printed as 'dragond listening on http://HOST:PORT')\n"
@@ -42,6 +43,8 @@ static void usage(FILE *f) {
         "  --token-file FILE  bearer token file (created with a random token if missing);\n"
         "                     required to listen on a non-loopback address\n"
         "  --backend NAME     engine backend of the CPU device: cpu (default) or ref\n"
+        "  --infer-device D   where inference sessions run: auto (default: the first GPU when\n"
+        "                     one is found, else the CPU), cpu, cuda or cuda:N\n"
         "Every setting is documented in config/dragond.json.\n");
 }
 
@@ -151,8 +154,10 @@ int dg_serve_main(int argc, char **argv) {
     g_drain_deadline = 0;
     const char *config = NULL;
     static const char *const map[][2] = {{"--listen", "listen"}, {"--data-dir", "data_dir"},
-        {"--token-file", "token_file"}, {"--backend", "backend"}};
-    const char *over[4] = {0};
+        {"--token-file", "token_file"}, {"--backend", "backend"},
+        {"--infer-device", "infer_device"}};
+    enum { NFLAGS = sizeof map / sizeof *map };
+    const char *over[NFLAGS] = {0};
     int first = 1;
     if (argc > 1 && !strcmp(argv[1], "serve")) first = 2;    /* tolerated when passed through */
     for (int i = first; i < argc; i++) {
@@ -168,7 +173,7 @@ int dg_serve_main(int argc, char **argv) {
         }
         bool known = false;
         if (!strcmp(flag, "--config")) known = true;
-        for (int k = 0; k < 4; k++) if (!strcmp(flag, map[k][0])) known = true;
+        for (int k = 0; k < NFLAGS; k++) if (!strcmp(flag, map[k][0])) known = true;
         if (!known) {
             fprintf(stderr, "dragond: unknown flag '%s'\n", a);
             usage(stderr);
@@ -182,7 +187,7 @@ int dg_serve_main(int argc, char **argv) {
             val = argv[++i];
         }
         if (!strcmp(flag, "--config")) config = val;
-        for (int k = 0; k < 4; k++) if (!strcmp(flag, map[k][0])) over[k] = val;
+        for (int k = 0; k < NFLAGS; k++) if (!strcmp(flag, map[k][0])) over[k] = val;
     }
     char err[2048];
     if (config || access("config/dragond.json", R_OK) == 0) {
@@ -192,7 +197,7 @@ int dg_serve_main(int argc, char **argv) {
             return 1;
         }
     }
-    for (int k = 0; k < 4; k++)
+    for (int k = 0; k < NFLAGS; k++)
         if (over[k] && apply_flag(s, map[k][1], over[k])) return 2;
     static const char *const lv[] = {"debug", "info", "warn", "error"};
     for (int k = 0; k < 4; k++) if (!strcmp(s->log_level, lv[k])) dg_log_set_level(k);

@@ -25,6 +25,9 @@ const dg_setting_def dg_settings_table[] = {
      "missing). Empty: no auth (loopback only)."},
     {"backend", DG_SET_STRING, "cpu", 0, 0, OFF(backend), SZ(backend),
      "Engine backend of the CPU device: cpu (OpenBLAS) or ref (naive reference)."},
+    {"infer_device", DG_SET_STRING, "auto", 0, 0, OFF(infer_device), SZ(infer_device),
+     "Where inference sessions and completions run: auto (the first GPU when the cuda backend "
+     "finds one, else the CPU device), cpu, cuda (the first GPU) or cuda:N."},
     {"allowed_hosts", DG_SET_STRING, "", 0, 0, OFF(allowed_hosts), SZ(allowed_hosts),
      "Extra Host header names accepted besides loopback names and the listen host "
      "(comma separated); \"*\" turns the Host check off."},
@@ -74,6 +77,18 @@ static int set_from_text(dg_settings *s, const dg_setting_def *d, const char *te
     return DG_EINVAL;
 }
 
+/* true when p is "cuda:N" (N a decimal device index); *idx gets N. */
+bool dg_settings_cuda_index(const char *p, int *idx) {
+    if (strncmp(p, "cuda:", 5) || !p[5]) return false;
+    int v = 0;
+    for (const char *c = p + 5; *c; c++) {
+        if (*c < '0' || *c > '9' || v > 1000) return false;
+        v = v * 10 + (*c - '0');
+    }
+    if (idx) *idx = v;
+    return true;
+}
+
 void dg_settings_defaults(dg_settings *s) {
     memset(s, 0, sizeof *s);
     for (int i = 0; i < dg_settings_count; i++)
@@ -100,6 +115,11 @@ int dg_settings_apply_json(dg_settings *s, const char *name, json_t *v, char *er
         if (!strcmp(name, "backend") && strcmp(p, "cpu") && strcmp(p, "ref") &&
             strcmp(p, "cuda")) {
             snprintf(err, n, "backend: must be cpu, ref or cuda, got '%s'", p);
+            return DG_EINVAL;
+        }
+        if (!strcmp(name, "infer_device") && strcmp(p, "auto") && strcmp(p, "cpu") &&
+            strcmp(p, "cuda") && !dg_settings_cuda_index(p, NULL)) {
+            snprintf(err, n, "infer_device: must be auto, cpu, cuda or cuda:N, got '%s'", p);
             return DG_EINVAL;
         }
         if (!strcmp(name, "log_level") && strcmp(p, "debug") && strcmp(p, "info") &&

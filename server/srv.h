@@ -30,6 +30,7 @@ typedef struct {
     char    data_dir[1024];
     char    token_file[1024];
     char    backend[32];
+    char    infer_device[32];
     char    allowed_hosts[512];
     char    web_root[1024];
     char    shakespeare_url[1024];
@@ -62,6 +63,7 @@ extern const int dg_settings_count;
 
 void dg_settings_defaults(dg_settings *s);
 /* Applies one "name" = value (JSON) to s; err names the setting and the rule. */
+bool dg_settings_cuda_index(const char *p, int *idx);
 int  dg_settings_apply_json(dg_settings *s, const char *name, json_t *v, char *err, size_t n);
 /* Loads a config file: {"name": value, ..., "_doc": {...}}; unknown names are errors. */
 int  dg_settings_load_file(dg_settings *s, const char *path, char *err, size_t n);

@@ -1,7 +1,8 @@
 /* tests/gpu/test_daemon_gpu.c -- the daemon on a GPU machine: dragond discovers the GPUs (one
  * engine thread each), lists them with memory in /v1/system and /metrics, places a job that asks
  * for "cuda" on a GPU, trains it there to `succeeded`, and reports an impossible allocation as a
- * failed job with reason "oom" while it keeps serving.
+ * failed job with reason "oom" while it keeps serving; inference sessions run on the first GPU
+ * (infer_device auto) and give the same greedy text as a daemon serving the same run on the CPU.
  *
  * Without a GPU (the cuda backend finds no device) every test prints SKIP and passes.
  * Thread affinity: one thread per process. */
@@ -87,6 +88,53 @@ START_TEST(gpu_oom_fails_job_daemon_keeps_serving) {
 }
 END_TEST
 
+/* POST /v1/completions (greedy, 64 tokens) on run "verse"; the text into out. */
+static void complete(char *out, size_t n) {
+    dgd_resp r;
+    long st = dgd_http(&D, "POST", "/v1/completions", "{\"model\":\"verse\",\"prompt\":"
+                       "\"the dragon \",\"max_tokens\":64,\"temperature\":0,"
+                       "\"ignore_eos\":true}", -1, NULL, &r);
+    ck_assert_msg(st == 200, "completion: %ld %s", st, r.body);
+    ck_assert_ptr_nonnull(r.json);
+    const char *t = json_string_value(json_object_get(
+        json_array_get(json_object_get(r.json, "choices"), 0), "text"));
+    ck_assert_ptr_nonnull(t);
+    snprintf(out, n, "%s", t);
+    dgd_resp_free(&r);
+}
+
+START_TEST(gpu_sessions_match_cpu) {
+    if (n_gpus("gpu_sessions_match_cpu") <= 0) return;
+    ck_assert_int_eq(dgd_start(&D, NULL), 0);
+    json_t *sys = dgd_get_json(&D, "/v1/system");
+    ck_assert_ptr_nonnull(sys);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(sys, "inference"),
+                                                       "device")), "cuda:0");
+    json_decref(sys);
+    /* learn the verse well enough that greedy decoding has clear winners */
+    char body[1200];
+    snprintf(body, sizeof body,
+             "{\"name\":\"verse\",\"device\":\"cuda\",\"config\":{\"preset\":\"tiny\","
+             "\"training\":{\"max_steps\":300,\"batch_size\":16,\"block_size\":64}},"
+             "\"data\":{\"path\":\"%s\"}}", g_text);
+    const char *id0 = dgd_submit(&D, body);
+    ck_assert_ptr_nonnull(id0);
+    char id[64];
+    snprintf(id, sizeof id, "%s", id0);
+    ck_assert(dgd_wait(&D, id, "succeeded", 0, 240));
+    static char gpu_text[4096], cpu_text[4096];
+    complete(gpu_text, sizeof gpu_text);
+    ck_assert_int_eq(dgd_stop(&D, SIGTERM, 30), 0);
+    /* the same data dir, sessions on the CPU */
+    ck_assert_int_eq(dgd_start(&D, "--infer-device", "cpu", NULL), 0);
+    complete(cpu_text, sizeof cpu_text);
+    ck_assert_int_eq(dgd_stop(&D, SIGTERM, 30), 0);
+    printf("  greedy on cuda:0: \"%s\"\n  greedy on cpu   : \"%s\"\n", gpu_text, cpu_text);
+    ck_assert_uint_gt(strlen(gpu_text), 16);
+    ck_assert_str_eq(gpu_text, cpu_text);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("daemon_gpu");
     TCase *t = tcase_create("gpu");
@@ -94,6 +142,7 @@ static Suite *suite(void) {
     tcase_set_timeout(t, 300);
     tcase_add_test(t, gpu_discovery_and_training);
     tcase_add_test(t, gpu_oom_fails_job_daemon_keeps_serving);
+    tcase_add_test(t, gpu_sessions_match_cpu);
     suite_add_tcase(s, t);
     return s;
 }

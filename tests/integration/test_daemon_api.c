@@ -481,6 +481,9 @@ START_TEST(devices_and_placement) {
     for (size_t i = 0; i < n; i++)
         ng += !strcmp(json_string_value(json_object_get(json_array_get(devs, i), "kind")), "cuda");
     ck_assert_uint_eq(json_array_size(json_object_get(sys, "gpus")), ng);
+    /* infer_device auto: sessions on the first GPU when there is one, else on the CPU */
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(sys, "inference"),
+                                                       "device")), ng ? "cuda:0" : "cpu");
     json_decref(sys);
     /* a device that does not exist is a 422 naming the field */
     dgd_resp r;
@@ -513,6 +516,37 @@ START_TEST(devices_and_placement) {
     ck_assert_ptr_nonnull(strstr(r.body, "dragond_device_busy{device=\"cpu\"} 0"));
     dgd_resp_free(&r);
     ck_assert_int_eq(dgd_stop(&D, SIGTERM, 20), 0);
+}
+END_TEST
+
+/* The infer_device setting: cpu is honoured, a bad value or a GPU that is not there stops the
+ * daemon at start with a message that names the setting (and nothing is left running). */
+static bool log_has(const char *path, const char *needle) {
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return strstr(buf, needle) != NULL;
+}
+
+START_TEST(infer_device_setting) {
+    ck_assert_int_eq(dgd_start(&D, "--infer-device", "cpu", NULL), 0);
+    json_t *sys = dgd_get_json(&D, "/v1/system");
+    ck_assert_ptr_nonnull(sys);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(sys, "inference"),
+                                                       "device")), "cpu");
+    json_decref(sys);
+    ck_assert_int_eq(dgd_stop(&D, SIGTERM, 20), 0);
+    ck_assert_int_ne(dgd_start(&D, "--infer-device", "gpu0", NULL), 0);
+    ck_assert_int_eq(dgd_stop(&D, SIGKILL, 10), 2);
+    ck_assert_msg(log_has(D.log, "infer_device: must be auto, cpu, cuda or cuda:N, got 'gpu0'"),
+                  "log %s lacks the infer_device message", D.log);
+    ck_assert_int_ne(dgd_start(&D, "--infer-device", "cuda:99", NULL), 0);
+    ck_assert_int_eq(dgd_stop(&D, SIGKILL, 10), 1);
+    ck_assert_msg(log_has(D.log, "infer_device cuda:99: "), "log %s lacks the cuda:99 message",
+                  D.log);
 }
 END_TEST
 
@@ -703,6 +737,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, stalled_sse_reader_is_closed);
     tcase_add_test(tc, system_page_and_bench);
     tcase_add_test(tc, devices_and_placement);
+    tcase_add_test(tc, infer_device_setting);
     tcase_add_test(tc, shakespeare_preset);
     tcase_add_test(tc, shipped_job_specs_validate);
     tcase_add_test(tc, exports_wired);
