@@ -159,7 +159,7 @@ void dg__cpu_pool_run(dg_pool_fn fn, void *arg, int64_t n) {
     atomic_store_explicit(&g_left, n, memory_order_relaxed);
     atomic_store_explicit(&g_job, &job, memory_order_release);
     atomic_store_explicit(&g_range, pack(gen, 0, (uint64_t)n), memory_order_release);
-    atomic_fetch_add_explicit(&g_seq, 1, memory_order_acq_rel);
+    atomic_fetch_add(&g_seq, 1);          /* seq_cst: pairs with the worker's g_sleeping */
     if (atomic_load(&g_sleeping)) syscall(SYS_futex, &g_seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     int64_t c;
     while ((c = claim(gen, 1)) >= 0) {
