@@ -16,7 +16,10 @@
  * Memory: one buffer per storage class (params, grads, activations, gradient scratch), sized
  * once in dg_model_alloc_train. With recompute (large configs), only each layer's input v and
  * the final activations are kept; the backward pass re-runs one layer's forward into shared
- * buffers before differentiating it.
+ * buffers before differentiating it (not for the top layer, whose activations the forward left
+ * there), and q is not kept at all (recomputed from x where y was).
+ * The big scratch tensors are reused as their contents die (lay_out_acts says how), so that the
+ * paper config at B32 T512 needs four (B*T, H*N) f32 tensors: dg_model_train_bytes.
  * Thread affinity: the thread that owns the backend. */
 #include "model.h"
 
@@ -150,7 +153,7 @@ typedef struct {
     dg_tensor u_mean, u_rstd;   /* (R)                                         */
     dg_tensor r;        /* (R, D)    v + LN(u)                                 */
     dg_tensor r_mean, r_rstd;   /* (R)                                         */
-    dg_tensor rho;      /* (B, n_chunks, H, Nq, D) incoming state per chunk (chunked form) */
+    dg_tensor rho;      /* (B, n_chunks-1, H, Nq, D) incoming state of chunks 1.. (chunked) */
 } layer_acts;
 
 struct dg_model_s {
@@ -165,6 +168,7 @@ struct dg_model_s {
     /* training activations */
     int         B, T, chunk, n_chunks;
     bool        recompute;
+    dg_recompute_mode recompute_mode;   /* dg_model_set_recompute; AUTO by default */
     dg_buf_t   *act_buf;
     dg_buf_t   *scr_buf;            /* gradient scratch */
     dg_tensor   tok, tgt;           /* (R) i32 */
@@ -176,11 +180,17 @@ struct dg_model_s {
     dg_tensor   losses;             /* (R) */
     /* gradient scratch */
     dg_tensor   dv, dv2, dr, du;    /* (R, D) */
-    dg_tensor   dx, dy, dz;         /* (R, H*N) */
-    dg_tensor   dq;                 /* (R, H*Nq) rope/pope only */
-    dg_tensor   da, da2;            /* (R, H*D) */
+    /* Big scratch (lifetimes: lay_out_acts). dmask, dq and da view one region. */
+    dg_tensor   dx;                 /* (R, H*N)  z, dz, then dx                    */
+    dg_tensor   dmask;              /* (R, H*N)  dz * (y > 0), later dx * (x > 0)  */
+    dg_tensor   dq;                 /* (R, H*Nq) rope/pope only                     */
+    dg_tensor   da;                 /* (R, H*D)                                     */
+    dg_tensor   dyp;                /* (R, H*N)  store-all only (recompute: over y) */
+    dg_tensor   da2;                /* (R, H*D)  recompute: over an                 */
     dg_tensor   drho, drho2;        /* (H, Nq, D) chunk state gradients */
     bool        have_fwd;           /* last forward kept activations for backward */
+    bool        top_live;           /* recompute: the shared activations are still those of
+                                     * layer L-1 from the forward (its recompute is skipped) */
     uint64_t    seed;               /* dropout seed of the last forward */
     float      *host_loss;          /* (R) */
     int64_t    *pos0;               /* (B) start positions, all 0 for training blocks */
@@ -315,8 +325,10 @@ static size_t bump_take(bump *b, size_t nbytes) {
 }
 static dg_tensor bump_t(bump *b, int64_t rows, int64_t cols) {
     size_t o = bump_take(b, (size_t)(rows * cols) * 4);
-    if (!b->buf) { dg_tensor t = {0}; t.ne[0] = cols; t.ne[1] = rows; t.ne[2] = t.ne[3] = 1; return t; }
-    return dg_t2(b->buf, o, rows, cols);
+    if (b->buf) return dg_t2(b->buf, o, rows, cols);
+    dg_tensor t = {0};
+    t.ne[0] = cols; t.ne[1] = rows; t.ne[2] = t.ne[3] = 1;
+    return t;
 }
 static dg_tensor bump_i32(bump *b, int64_t n) {
     size_t o = bump_take(b, (size_t)n * 4);
@@ -324,6 +336,26 @@ static dg_tensor bump_i32(bump *b, int64_t n) {
     return dg_t_i32(b->buf, o, n);
 }
 
+/* A (rows, cols) view at byte offset o of b's buffer (a shape only while measuring). */
+static dg_tensor bump_view(const bump *b, size_t o, int64_t rows, int64_t cols) {
+    if (b->buf) return dg_t2(b->buf, o, rows, cols);
+    dg_tensor t = {0};
+    t.ne[0] = cols; t.ne[1] = rows; t.ne[2] = t.ne[3] = 1;
+    return t;
+}
+
+/* The big tensors are the (R, H*N) ones (2 GiB each for the paper config at B32 T512); their
+ * lifetimes within one layer's backward (layer_bwd) decide the plan:
+ *   dx   (R, H*N)   z, then dz = du Wdec^T, then dx (gate, then + pos/attention backward)
+ *   dmask (R, max(H*Nq, H*D))  dz masked by y > 0; then da; then dq (rope/pope); then dx
+ *        masked by x > 0. With H*Nq >= H*D (every large config) da costs nothing.
+ *   dyp  (R, H*N)   gradient of y's pre-activation; with recompute it is written over y (dead by
+ *        then: dx and dyp come from the masked dz), so only store-all mode has its own.
+ *   da2  (R, H*D)   LN backward of da; with recompute it is written over an (dead once dWencv
+ *        is done), else its own.
+ * With recompute (and rope/pope), q is not kept: the forward writes q where y goes (q is dead
+ * once the attention ran) and the backward recomputes q = pos(x) there once dyp is consumed.
+ * So recompute mode holds x, y|q, dx, dg: 4 (R, H*N) tensors for rope/alibi, 6 for pope. */
 static void lay_out_acts(dg_model_t *m, bump *A, bump *S) {
     const dg_model_config *c = &m->cfg;
     int64_t R = (int64_t)m->B * m->T, D = c->n_embd, H = c->n_head, N = dg_model_latent(c);
@@ -344,19 +376,25 @@ static void lay_out_acts(dg_model_t *m, bump *A, bump *S) {
             continue;
         }
         a->x = bump_t(A, R, H * N);
-        a->q = rot ? bump_t(A, R, H * Nq) : a->x;
+        if (m->recompute && rot) {
+            size_t o = bump_take(A, (size_t)(R * H * Nq) * 4);     /* q, then y */
+            a->q = bump_view(A, o, R, H * Nq);
+            a->y = bump_view(A, o, R, H * N);
+        } else {
+            a->q = rot ? bump_t(A, R, H * Nq) : a->x;
+            a->y = bump_t(A, R, H * N);
+        }
         a->a = bump_t(A, R, H * D);
         a->a_mean = bump_t(A, 1, R * H);
         a->a_rstd = bump_t(A, 1, R * H);
         a->an = bump_t(A, R, H * D);
-        a->y = bump_t(A, R, H * N);
         a->u = bump_t(A, R, D);
         a->u_mean = bump_t(A, 1, R);
         a->u_rstd = bump_t(A, 1, R);
         a->r = bump_t(A, R, D);
         a->r_mean = bump_t(A, 1, R);
         a->r_rstd = bump_t(A, 1, R);
-        if (m->n_chunks > 1) a->rho = bump_t(A, (int64_t)m->B * m->n_chunks * H * Nq, D);
+        if (m->n_chunks > 1) a->rho = bump_t(A, (int64_t)m->B * (m->n_chunks - 1) * H * Nq, D);
         else a->rho = dg_t_null();
     }
     m->logits = bump_t(A, R, V);
@@ -367,14 +405,13 @@ static void lay_out_acts(dg_model_t *m, bump *A, bump *S) {
     m->dr = bump_t(S, R, D);
     m->du = bump_t(S, R, D);
     m->dx = bump_t(S, R, H * N);
-    m->dy = bump_t(S, R, H * N);
-    m->dz = bump_t(S, R, H * N);
-    /* dq is needed only in the attention backward, when dy and dz are already consumed: under
-     * rope (Nq = N) it lives in dy; pope (Nq = 2N) gets its own buffer. */
-    if (c->positional == DG_POS_ROPE) m->dq = m->dy;
-    else m->dq = rot ? bump_t(S, R, H * Nq) : dg_t_null();
-    m->da = bump_t(S, R, H * D);
-    m->da2 = bump_t(S, R, H * D);
+    int64_t gw = H * Nq > H * D ? H * Nq : H * D;
+    size_t go = bump_take(S, (size_t)(R * gw) * 4);
+    m->dmask = bump_view(S, go, R, H * N);
+    m->dq = rot ? bump_view(S, go, R, H * Nq) : dg_t_null();
+    m->da = bump_view(S, go, R, H * D);
+    m->dyp = m->recompute ? dg_t_null() : bump_t(S, R, H * N);    /* recompute: a->y */
+    m->da2 = m->recompute ? m->acts[0].an : bump_t(S, R, H * D);
     if (m->n_chunks > 1) {
         m->drho = bump_t(S, H * Nq, D);
         m->drho2 = bump_t(S, H * Nq, D);
@@ -383,22 +420,52 @@ static void lay_out_acts(dg_model_t *m, bump *A, bump *S) {
     }
 }
 
-int dg_model_alloc_train(dg_model_t *m, int B, int T, int chunk) {
-    DG_ASSERT(B >= 1 && T >= 1);
-    free_train(m);
-    if (!m->grads_buf) RC(dg_buf_alloc(m->be, (size_t)m->n_params * 4, &m->grads_buf));
+/* The training plan of (B, T, chunk): chunking and whether layers are recomputed. */
+static void plan_train(dg_model_t *m, int B, int T, int chunk) {
+    const dg_model_config *c = &m->cfg;
     m->B = B;
     m->T = T;
     m->chunk = (chunk > 0 && chunk < T) ? chunk : T;
     m->n_chunks = (T + m->chunk - 1) / m->chunk;
     /* Keep every layer's activations unless they would exceed ~2 GiB; then recompute. */
-    const dg_model_config *c = &m->cfg;
     double per_layer = (double)B * T * (3.0 * c->mlp_mult * c->n_embd + 2.0 * c->n_head * c->n_embd) * 4;
-    m->recompute = per_layer * c->n_layer > 2.0 * 1024 * 1024 * 1024 && c->n_layer > 1;
+    if (m->recompute_mode == DG_RECOMPUTE_ON) m->recompute = true;
+    else if (m->recompute_mode == DG_RECOMPUTE_OFF) m->recompute = false;
+    else m->recompute = per_layer * c->n_layer > 2.0 * 1024 * 1024 * 1024 && c->n_layer > 1;
+}
+
+size_t dg_model_train_bytes(const dg_model_config *c, int B, int T, int chunk) {
+    char err[256];
+    if (B < 1 || T < 1 || dg_model_config_validate(c, err, sizeof err)) return 0;
+    dg_model_t m;
+    memset(&m, 0, sizeof m);
+    m.cfg = *c;
+    plan_train(&m, B, T, chunk);
+    m.v = dg_calloc((size_t)c->n_layer + 1, sizeof *m.v);
+    m.acts = dg_calloc((size_t)c->n_layer, sizeof *m.acts);
+    bump A = {0}, S = {0};
+    lay_out_acts(&m, &A, &S);                       /* measure only: no buffer */
+    dg_free(m.v);
+    dg_free(m.acts);
+    return A.off + S.off;
+}
+
+void dg_model_set_recompute(dg_model_t *m, dg_recompute_mode mode) { m->recompute_mode = mode; }
+bool dg_model_train_recomputes(const dg_model_t *m) { return m->act_buf && m->recompute; }
+
+int dg_model_alloc_train(dg_model_t *m, int B, int T, int chunk) {
+    DG_ASSERT(B >= 1 && T >= 1);
+    free_train(m);
+    if (!m->grads_buf) RC(dg_buf_alloc(m->be, (size_t)m->n_params * 4, &m->grads_buf));
+    plan_train(m, B, T, chunk);
+    const dg_model_config *c = &m->cfg;
     m->v = dg_calloc((size_t)c->n_layer + 1, sizeof *m->v);
     m->acts = dg_calloc((size_t)c->n_layer, sizeof *m->acts);
     bump A = {0}, S = {0};
     lay_out_acts(m, &A, &S);                        /* measure */
+    DG_INFO("model: training B%d T%d chunk %d, %s: activations %.1f MiB, gradient scratch %.1f MiB",
+            B, T, m->chunk, m->recompute ? "layers recomputed in backward" : "all layers stored",
+            (double)A.off / (1 << 20), (double)S.off / (1 << 20));
     int rc = dg_buf_alloc(m->be, A.off, &m->act_buf);
     if (!rc) rc = dg_buf_alloc(m->be, S.off, &m->scr_buf);
     if (rc) { free_train(m); return rc; }
@@ -408,6 +475,7 @@ int dg_model_alloc_train(dg_model_t *m, int B, int T, int chunk) {
     m->host_loss = dg_malloc((size_t)B * T * 4);
     m->pos0 = dg_calloc((size_t)B, sizeof *m->pos0);
     m->have_fwd = false;
+    m->top_live = false;
     return 0;
 }
 
@@ -461,6 +529,16 @@ static int matmul_dw(dg_backend_t *be, dg_tensor dW, dg_tensor in, dg_tensor dou
 static dg_tensor norm_g(dg_model_t *m) { return dg_model_param(m, DG_P_GAMMA); }
 static dg_tensor norm_b(dg_model_t *m) { return dg_model_param(m, DG_P_BETA); }
 
+/* The stored incoming state of chunk k >= 1 of batch row b: (1, H, Nq, D). Chunk 0 starts from
+ * the zero state, so nothing is stored for it. */
+static dg_tensor rho_in_of(const dg_model_t *m, const layer_acts *a, int64_t b, int64_t k) {
+    const dg_model_config *c = &m->cfg;
+    int64_t H = c->n_head, D = c->n_embd, Nq = dg_model_qdim(c), st = H * Nq * D;
+    DG_ASSERT(k >= 1 && k < m->n_chunks);
+    size_t o = a->rho.offs + (size_t)((b * (m->n_chunks - 1) + k - 1) * st) * 4;
+    return dg_t4(a->rho.buf, o, 1, H, Nq, D);
+}
+
 /* Attention over the whole block: one call, or chunk by chunk per batch row with the state
  * carried (and stored for the backward pass). pos0 are per-row start positions. */
 static int attn_block(dg_model_t *m, layer_acts *a, dg_tensor vin, int B, int T) {
@@ -470,17 +548,15 @@ static int attn_block(dg_model_t *m, layer_acts *a, dg_tensor vin, int B, int T)
         return dg_attn_fwd(m->be, dg_t4(a->a.buf, a->a.offs, B, T, H, D), dg_t_null(),
                            dg_t4(a->q.buf, a->q.offs, B, T, H, Nq),
                            dg_t3(vin.buf, vin.offs, B, T, D), dg_t_null(), m->gamma);
-    int64_t C = m->chunk, nch = m->n_chunks, st = H * Nq * D;
+    int64_t C = m->chunk, nch = m->n_chunks;
     for (int64_t b = 0; b < B; b++) {
         for (int64_t k = 0; k < nch; k++) {
             int64_t t0 = k * C, n = (t0 + C <= T) ? C : T - t0, r0 = b * T + t0;
             dg_tensor q = dg_t4(a->q.buf, a->q.offs + (size_t)(r0 * H * Nq) * 4, 1, n, H, Nq);
             dg_tensor v = dg_t3(vin.buf, vin.offs + (size_t)(r0 * D) * 4, 1, n, D);
             dg_tensor o = dg_t4(a->a.buf, a->a.offs + (size_t)(r0 * H * D) * 4, 1, n, H, D);
-            size_t base = a->rho.offs + (size_t)((b * nch) * st) * 4;
-            dg_tensor rin = k ? dg_t4(a->rho.buf, base + (size_t)(k * st) * 4, 1, H, Nq, D) : dg_t_null();
-            dg_tensor rout = k + 1 < nch ? dg_t4(a->rho.buf, base + (size_t)((k + 1) * st) * 4, 1, H, Nq, D)
-                                         : dg_t_null();
+            dg_tensor rin = k ? rho_in_of(m, a, b, k) : dg_t_null();
+            dg_tensor rout = k + 1 < nch ? rho_in_of(m, a, b, k + 1) : dg_t_null();
             RC(dg_attn_fwd(m->be, o, rout, q, v, rin, m->gamma));
         }
     }
@@ -526,7 +602,7 @@ int dg_model_forward(dg_model_t *m, const int32_t *tokens, const int32_t *target
     RC(dg_layernorm_fwd(be, m->v[0], m->e_mean, m->e_rstd, m->emb, norm_g(m), norm_b(m), c->norm_eps));
     float p = train ? c->dropout : 0.0f;
     for (int64_t l = 0; l < L; l++)
-        RC(layer_fwd(m, (int)l, &m->acts[l], m->v[l], m->v[l + 1], m->pos0, p, dropout_seed, m->dz));
+        RC(layer_fwd(m, (int)l, &m->acts[l], m->v[l], m->v[l + 1], m->pos0, p, dropout_seed, m->dx));
     if (c->tie_embeddings)
         RC(matmul(be, m->logits, m->v[L], dg_model_param(m, DG_P_EMBED), R, D, V, true, 0));
     else
@@ -540,6 +616,7 @@ int dg_model_forward(dg_model_t *m, const int32_t *tokens, const int32_t *target
     for (int64_t i = 0; i < R; i++) s += m->host_loss[i];
     *loss = (float)(s / (double)R);
     m->have_fwd = train;
+    m->top_live = train;
     return 0;
 }
 
@@ -559,7 +636,7 @@ static int attn_block_bwd(dg_model_t *m, layer_acts *a, dg_tensor vin, dg_tensor
                            dg_t_null(), dg_t4(dout.buf, dout.offs, B, T, H, D), dg_t_null(),
                            dg_t4(a->q.buf, a->q.offs, B, T, H, Nq), dg_t3(vin.buf, vin.offs, B, T, D),
                            dg_t_null(), m->gamma);
-    int64_t C = m->chunk, nch = m->n_chunks, st = H * Nq * D;
+    int64_t C = m->chunk, nch = m->n_chunks;
     for (int64_t b = 0; b < B; b++) {
         dg_tensor g_out = dg_t4(m->drho.buf, m->drho.offs, 1, H, Nq, D);   /* d rho_out of chunk */
         dg_tensor g_in = dg_t4(m->drho2.buf, m->drho2.offs, 1, H, Nq, D);  /* d rho_in of chunk  */
@@ -567,8 +644,7 @@ static int attn_block_bwd(dg_model_t *m, layer_acts *a, dg_tensor vin, dg_tensor
         for (int64_t k = nch - 1; k >= 0; k--) {
             int64_t t0 = k * C, n = (t0 + C <= T) ? C : T - t0, r0 = b * T + t0;
             size_t qo = (size_t)(r0 * H * Nq) * 4, vo = (size_t)(r0 * D) * 4, oo = (size_t)(r0 * H * D) * 4;
-            size_t base = a->rho.offs + (size_t)((b * nch) * st) * 4;
-            dg_tensor rin = k ? dg_t4(a->rho.buf, base + (size_t)(k * st) * 4, 1, H, Nq, D) : dg_t_null();
+            dg_tensor rin = k ? rho_in_of(m, a, b, k) : dg_t_null();
             if (k) RC(dg_fill(m->be, g_in, 0));
             RC(dg_attn_bwd(m->be, dg_t4(dq.buf, dq.offs + qo, 1, n, H, Nq), dg_t3(dv.buf, dv.offs + vo, 1, n, D),
                            k ? g_in : dg_t_null(), dg_t4(dout.buf, dout.offs + oo, 1, n, H, D),
@@ -604,21 +680,23 @@ static int layer_bwd(dg_model_t *m, int l, layer_acts *a, dg_tensor vin, dg_tens
     /* r = v + LN(u) */
     RC(dg_fill(be, m->du, 0));
     RC(dg_layernorm_bwd(be, m->du, dgam, dbet, m->dr, a->u, a->u_mean, a->u_rstd, gam));
-    /* u = z Wdec: z is recomputed into dy (free until gate_bwd) */
-    RC(dg_gate_fwd(be, m->dy, a->x, a->y, p, seed));
-    RC(matmul_dw(be, dWdec, m->dy, m->du, R, H * N, D));
-    RC(matmul(be, m->dz, m->du, Wdec, R, D, H * N, true, 0));
-    /* z = dropout(x * y) */
-    RC(dg_fill(be, m->dx, 0));
-    RC(dg_fill(be, m->dy, 0));
-    RC(dg_gate_bwd(be, m->dx, m->dy, m->dz, a->x, a->y, p, seed));
-    /* y = relu(an Wencv - thr): dz <- dy * (y > 0) */
-    RC(dg_fill(be, m->dz, 0));
-    RC(dg_relu_bwd(be, m->dz, m->dy, a->y));
-    {   /* da_n (R, H*D) = dy_h Wencv_h^T ; dWencv_h += an_h^T dy_h */
+    /* u = z Wdec: z is recomputed into dx (then dz = du Wdec^T is written over it) */
+    RC(dg_gate_fwd(be, m->dx, a->x, a->y, p, seed));
+    RC(matmul_dw(be, dWdec, m->dx, m->du, R, H * N, D));
+    RC(matmul(be, m->dx, m->du, Wdec, R, D, H * N, true, 0));
+    /* z = x * y * k (k: dropout), y = relu(yp): dx = dz y k and dyp = dz (y > 0) x k. The mask
+     * goes on dz first (dmask = dz (y > 0)); then dx = dmask y k equals dz y k (y = 0 where the
+     * mask is 0) and dyp = dmask x k. Neither output is an input of its call: dx is written over
+     * dz, and with recompute dyp over y (dead after dx). No verb sees aliased operands. */
+    dg_tensor dyp = m->recompute ? a->y : m->dyp;
+    RC(dg_fill(be, m->dmask, 0));
+    RC(dg_relu_bwd(be, m->dmask, m->dx, a->y));
+    RC(dg_gate_fwd(be, m->dx, m->dmask, a->y, p, seed));
+    RC(dg_gate_fwd(be, dyp, m->dmask, a->x, p, seed));
+    {   /* da_n (R, H*D) = dyp_h Wencv_h^T ; dWencv_h += an_h^T dyp_h (da: over dmask) */
         dg_gemm_desc g = {0};
         g.M = R; g.N = D; g.K = N; g.batch = H;
-        g.A = dg_m(m->dz, R, N, H * N);             g.A.bstride = N;
+        g.A = dg_m(dyp, R, N, H * N);               g.A.bstride = N;
         g.B = dg_m_t(dg_m(Wencv, D, N, N));         g.B.bstride = D * N;
         g.C = dg_m(m->da, R, D, H * D);             g.C.bstride = D;
         g.alpha = 1; g.beta = 0;
@@ -626,12 +704,12 @@ static int layer_bwd(dg_model_t *m, int l, layer_acts *a, dg_tensor vin, dg_tens
         dg_gemm_desc w = {0};
         w.M = D; w.N = N; w.K = R; w.batch = H;
         w.A = dg_m_t(dg_m(a->an, R, D, H * D));     w.A.bstride = D;
-        w.B = dg_m(m->dz, R, N, H * N);             w.B.bstride = N;
+        w.B = dg_m(dyp, R, N, H * N);               w.B.bstride = N;
         w.C = dg_m(dWencv, D, N, N);                w.C.bstride = D * N;
         w.alpha = 1; w.beta = 1;
         RC(dg_gemm(be, &w));
     }
-    /* an = LN(a) */
+    /* an = LN(a); with recompute da2 is written over an (read last by dWencv above) */
     RC(dg_fill(be, m->da2, 0));
     RC(dg_layernorm_bwd(be, dg_t2(m->da2.buf, m->da2.offs, R * H, D), dgam, dbet,
                         dg_t2(m->da.buf, m->da.offs, R * H, D), dg_t2(a->a.buf, a->a.offs, R * H, D),
@@ -640,19 +718,24 @@ static int layer_bwd(dg_model_t *m, int l, layer_acts *a, dg_tensor vin, dg_tens
     if (c->positional == DG_POS_ALIBI) {
         RC(attn_block_bwd(m, a, vin, m->dx, dvin, m->da2));
     } else {
+        int64_t Nq = dg_model_qdim(c);
+        if (m->recompute)   /* q was overwritten by y, now by dyp (consumed): recompute it */
+            RC(dg_pos_fwd(be, dg_t4(a->q.buf, a->q.offs, m->B, m->T, H, Nq),
+                          dg_t4(a->x.buf, a->x.offs, m->B, m->T, H, N), pos0, c->positional,
+                          c->rope_theta));
         RC(dg_fill(be, m->dq, 0));
         RC(attn_block_bwd(m, a, vin, m->dq, dvin, m->da2));
         RC(dg_pos_bwd(be, dg_t4(m->dx.buf, m->dx.offs, m->B, m->T, H, N),
-                      dg_t4(m->dq.buf, m->dq.offs, m->B, m->T, H, dg_model_qdim(c)),
+                      dg_t4(m->dq.buf, m->dq.offs, m->B, m->T, H, Nq),
                       dg_t4(a->x.buf, a->x.offs, m->B, m->T, H, N), pos0, c->positional, c->rope_theta));
     }
     /* x = relu(v Wenc - thr) */
-    RC(dg_fill(be, m->dz, 0));
-    RC(dg_relu_bwd(be, m->dz, m->dx, a->x));
+    RC(dg_fill(be, m->dmask, 0));
+    RC(dg_relu_bwd(be, m->dmask, m->dx, a->x));
     for (int64_t h = 0; h < H; h++) {   /* dvin += dx_h Wenc_h^T, one head at a time (same C) */
         dg_gemm_desc g = {0};
         g.M = R; g.N = D; g.K = N; g.batch = 1;
-        g.A = dg_m(m->dz, R, N, H * N);  g.A.offs += (size_t)(h * N) * 4;
+        g.A = dg_m(m->dmask, R, N, H * N); g.A.offs += (size_t)(h * N) * 4;
         g.B = dg_m_t(dg_m(Wenc, D, N, N)); g.B.offs += (size_t)(h * D * N) * 4;
         g.C = dg_m(dvin, R, D, D);
         g.alpha = 1; g.beta = 1;
@@ -662,7 +745,7 @@ static int layer_bwd(dg_model_t *m, int l, layer_acts *a, dg_tensor vin, dg_tens
         dg_gemm_desc w = {0};
         w.M = D; w.N = N; w.K = R; w.batch = H;
         w.A = dg_m_t(dg_m(vin, R, D, D));           w.A.bstride = 0;
-        w.B = dg_m(m->dz, R, N, H * N);             w.B.bstride = N;
+        w.B = dg_m(m->dmask, R, N, H * N);          w.B.bstride = N;
         w.C = dg_m(dWenc, D, N, N);                 w.C.bstride = D * N;
         w.alpha = 1; w.beta = 1;
         RC(dg_gemm(be, &w));
@@ -687,9 +770,13 @@ int dg_model_backward(dg_model_t *m) {
         RC(matmul_dw(be, ptensor(m, m->grads_buf, DG_P_LM_HEAD), m->v[L], m->dlogits, R, D, V));
     }
     for (int64_t l = L - 1; l >= 0; l--) {
-        if (m->recompute)   /* re-create layer l's activations; its output goes to dv2, which
-                             * layer_bwd overwrites first thing (v[l+1] stays intact) */
-            RC(layer_fwd(m, (int)l, &m->acts[l], m->v[l], dv2, m->pos0, c->dropout, m->seed, m->dz));
+        /* Re-create layer l's activations (its output goes to dv2, which layer_bwd overwrites
+         * first thing; v[l+1] stays intact), unless they are still those of the forward: the
+         * top layer right after it. layer_bwd overwrites some (y, an), so only once. */
+        if (m->recompute && !(l == L - 1 && m->top_live))
+            RC(layer_fwd(m, (int)l, &m->acts[l], m->v[l], dv2, m->pos0, c->dropout, m->seed,
+                         m->dx));
+        if (l == L - 1) m->top_live = false;
         RC(layer_bwd(m, (int)l, &m->acts[l], m->v[l], dv, dv2, m->pos0));
         dg_tensor t = dv; dv = dv2; dv2 = t;
     }

@@ -102,6 +102,20 @@ int  dg_model_set_params(dg_model_t *m, const float *host);
  * gradients through it (MODEL.md §3.3 / PERF.md §4.3); 0 = one parallel block. */
 int  dg_model_alloc_train(dg_model_t *m, int B, int T, int chunk);
 
+/* Bytes of activations plus gradient scratch that dg_model_alloc_train(B, T, chunk) would
+ * allocate for c (automatic recompute choice), without allocating anything. Parameters,
+ * gradients, optimizer moments and backend workspaces are not included. 0 if c or B, T are
+ * invalid. */
+size_t dg_model_train_bytes(const dg_model_config *c, int B, int T, int chunk);
+
+/* Whether training keeps every layer's activations or recomputes each layer in the backward
+ * pass. AUTO (the default) recomputes when the stored activations would exceed ~2 GiB; ON/OFF
+ * force it (tests: the recompute path on small configs). Takes effect at the next
+ * dg_model_alloc_train. dg_model_train_recomputes says what the current allocation does. */
+typedef enum { DG_RECOMPUTE_AUTO = 0, DG_RECOMPUTE_OFF = 1, DG_RECOMPUTE_ON = 2 } dg_recompute_mode;
+void dg_model_set_recompute(dg_model_t *m, dg_recompute_mode mode);
+bool dg_model_train_recomputes(const dg_model_t *m);
+
 /* Forward + loss: tokens/targets are host arrays of B*T ids. Writes *loss (mean CE).
  * train=true applies dropout with the given seed and keeps what backward needs.
  * targets may be NULL for forward only (then *loss is not written). */
