@@ -6,7 +6,8 @@
 # alternating peer and ours, (1) base config training B24 T512, (2) paper config training B4 T64,
 # (3) base config cached decode at 1 and 8 sessions, (4) the quality comparison: base config, one
 # epoch of Tiny Shakespeare with identical batches for both sides (a seeded batch-offset file,
-# one line per step, B start offsets per line) and the validation loss on the last 10%.
+# one line per step, B start offsets per line) and the validation loss on the last 10%, (5) cached
+# decode again with the model that run trained (both sides load its weights).
 # What it is not: the GPU suite (bench/peers/gpu_peer.py runs on the GPU machine) or a test.
 # Thread affinity: runs one benchmark process at a time; each gets 2 threads.
 #
@@ -271,6 +272,30 @@ loss = mean CE over the non-overlapping T-windows of the last 10%, dropout off"
         "$(fmt "$pt")" "$(fmt "$ot")" "$(ratio "$ot" "$pt")" >>"$QROWS"
 elif [ "$QUALITY" != "1" ]; then
     note "quality comparison skipped (DG_BENCH_QUALITY=$QUALITY)"
+fi
+
+# ---- 5: cached decode of the trained model (the quality run's checkpoint) ----------------------
+# An initialised model keeps about half of its state rows active (symmetric pre-activations);
+# a trained one is sparser, and our decode step reads and writes only the active rows. Both sides
+# load the same weights (the peer through `dragond export`'s safetensors file); our prompts are
+# windows of the data, the peer starts from one token (its dense step costs the same either way).
+if [ $HAVE_OURS -eq 1 ] && [ -d "$WORK/ours_run/ckpt" ]; then
+    if "$OURS" export --checkpoint "$WORK/ours_run" --format safetensors \
+            --out "$WORK/trained.safetensors" >"$WORK/export.out" 2>&1; then
+        note "decode (trained): the base model after the one-epoch quality run, loaded by both sides"
+        PAIR_REPS=$DREPS
+        for S in 1 8; do
+            bench_pair "decode base trained 1 epoch, $S session(s) (tok/s aggregate)" tokens_per_s \
+                ">= 10x" \
+                $PEER decode --config "$BASE" --weights "$WORK/trained.safetensors" \
+                    --sessions "$S" --tokens "$DTOK" --threads $THREADS --json -- \
+                "$OURS" bench decode --checkpoint "$WORK/ours_run" --data "$DATA" \
+                    --sessions "$S" --tokens "$DTOK" --json
+        done
+    else
+        FAILED=1
+        note "export of the trained model failed: $(tail -n 2 "$WORK/export.out")"
+    fi
 fi
 
 # ---- write the section ---------------------------------------------------------------------------

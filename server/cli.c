@@ -697,14 +697,11 @@ static void bench_usage(FILE *f) {
     fprintf(f,
             "usage: dragond bench train  --config FILE [--data FILE] [--batch B] [--block T] [--steps N]\n"
             "       dragond bench decode --config FILE [--sessions S] [--tokens N] [--prompt-tokens P]\n"
+            "       dragond bench decode --checkpoint CKPT [--data FILE] [...]   (a trained model;\n"
+            "                            with --data the prompts are taken from that text)\n"
             "  common: [--backend NAME] [--vocab V] [--warmup W]\n"
             "Prints one JSON line: {\"bench\":..., \"tokens_per_s\": median over timed steps, ...}.\n"
             "Without --data the train bench uses random tokens.\n");
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 int dg_cli_bench(int argc, char **argv) {
@@ -714,11 +711,11 @@ int dg_cli_bench(int argc, char **argv) {
         {"config", 1, 0, 'c'}, {"data", 1, 0, 'd'}, {"batch", 1, 0, 'B'}, {"block", 1, 0, 'T'},
         {"steps", 1, 0, 's'}, {"sessions", 1, 0, 'n'}, {"tokens", 1, 0, 'k'}, {"prompt-tokens", 1, 0, 'p'},
         {"backend", 1, 0, 'b'}, {"vocab", 1, 0, 'V'}, {"warmup", 1, 0, 'w'}, {"json", 0, 0, 'j'},
-        {"device", 1, 0, 'D'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    const char *config = NULL, *data = NULL, *backend = "cpu";
+        {"device", 1, 0, 'D'}, {"checkpoint", 1, 0, 'C'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *config = NULL, *data = NULL, *backend = "cpu", *ckpt = NULL;
     int B = 0, T = 0, steps = 5, sessions = 1, tokens = 64, prompt_tokens = 16, V = 0, warmup = 1, device = 0, c;
     optind = 2;
-    while ((c = getopt_long(argc, argv, "c:d:B:T:s:n:k:p:b:V:w:jD:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:d:B:T:s:n:k:p:b:V:w:jD:C:h", opts, NULL)) != -1) {
         switch (c) {
         case 'c': config = optarg; break;
         case 'd': data = optarg; break;
@@ -733,25 +730,35 @@ int dg_cli_bench(int argc, char **argv) {
         case 'w': warmup = atoi(optarg); break;
         case 'j': break;
         case 'D': device = atoi(optarg); break;
+        case 'C': ckpt = optarg; break;
         case 'h': bench_usage(stdout); return EX_OK;
         default: bench_usage(stderr); return EX_USAGE;
         }
     }
-    if (!config) { fprintf(stderr, "dragond bench: --config is required\n"); return EX_USAGE; }
+    if (ckpt && strcmp(what, "decode")) { fprintf(stderr, "dragond bench: --checkpoint is for decode\n"); return EX_USAGE; }
+    if (!config && !ckpt) { fprintf(stderr, "dragond bench: --config (or, for decode, --checkpoint) is required\n"); return EX_USAGE; }
     char err[1024];
     dg_model_config mc;
     dg_train_config tc;
-    if (dg_config_load_file(config, &mc, &tc, err, sizeof err)) { fprintf(stderr, "dragond bench: %s\n", err); return EX_USAGE; }
+    loaded L = {0};
+    if (ckpt) {                      /* the model and its training settings come from the checkpoint */
+        if (load_model(ckpt, backend, device, &L)) return EX_FAIL;
+        mc = L.ck.model;
+        tc = L.ck.train;
+        V = (int)mc.vocab_size;
+        config = ckpt;
+    } else if (dg_config_load_file(config, &mc, &tc, err, sizeof err)) { fprintf(stderr, "dragond bench: %s\n", err); return EX_USAGE; }
     if (B > 0) tc.batch_size = B;
     if (T > 0) tc.block_size = T;
     if (steps < 1 || sessions < 1 || tokens < 1 || prompt_tokens < 1 || warmup < 0) { fprintf(stderr, "dragond bench: counts must be >= 1\n"); return EX_USAGE; }
-    dg_tokenizer_t *tok = NULL;
+    dg_tokenizer_t *tok = ckpt ? L.ck.tokenizer : NULL;   /* the checkpoint's: borrowed */
     int32_t *ids = NULL;
     size_t n_ids = 0;
     if (data) {
-        if (load_corpus(data, tc.tokenizer, &tok, &ids, &n_ids)) return EX_FAIL;
+        if (load_corpus(data, tc.tokenizer, &tok, &ids, &n_ids)) { if (ckpt) unload_model(&L); return EX_FAIL; }
     } else {
-        if (tc.tokenizer == DG_TOK_BYTE) dg_tokenizer_byte(&tok);
+        if (ckpt) {}
+        else if (tc.tokenizer == DG_TOK_BYTE) dg_tokenizer_byte(&tok);
         else {   /* a synthetic char vocabulary of V-4 characters */
             int nv = (V > 4 ? V : 69) - 4;
             uint32_t *cps = dg_malloc((size_t)nv * 4);
@@ -798,14 +805,17 @@ int dg_cli_bench(int argc, char **argv) {
         dg_free(ts);
         dg_trainer_free(tr);
     } else if (!strcmp(what, "decode")) {
-        dg_backend_t *be;
+        dg_backend_t *be = L.be;
         dg_backend_params bp = {.device = device};
-        dg_model_t *m = NULL;
-        if (dg_backend_open(backend, &bp, &be)) { fprintf(stderr, "dragond bench: backend %s unavailable\n", backend); rc = EX_FAIL; goto out; }
+        dg_model_t *m = L.model;
+        if (!ckpt && dg_backend_open(backend, &bp, &be)) { fprintf(stderr, "dragond bench: backend %s unavailable\n", backend); rc = EX_FAIL; goto out; }
         dg_state_t **st = dg_calloc((size_t)sessions, sizeof *st);
         dg_infer_t *ix = NULL;
-        int r = dg_model_create(be, &mc, &m);
-        if (!r) r = dg_model_init_params(m, tc.seed);
+        int r = 0;
+        if (!ckpt) {
+            r = dg_model_create(be, &mc, &m);
+            if (!r) r = dg_model_init_params(m, tc.seed);
+        }
         if (!r) r = dg_infer_create(m, sessions, prompt_tokens, &ix);
         for (int s = 0; s < sessions && !r; s++) r = dg_state_create(m, &st[s]);
         float *logits = dg_malloc((size_t)sessions * mc.vocab_size * 4);
@@ -828,7 +838,7 @@ int dg_cli_bench(int argc, char **argv) {
         if (!r) {
             dg_sync(be);
             double dt = dg_now() - t0;
-            qsort(step_s, (size_t)tokens, sizeof *step_s, cmp_double);
+            qsort(step_s, (size_t)tokens, sizeof *step_s, cmp_d);
             double med = tokens % 2 ? step_s[tokens / 2] : 0.5 * (step_s[tokens / 2 - 1] + step_s[tokens / 2]);
             /* tokens_per_s from the median step, as the PyTorch peer reports it; _wall over all */
             printf("{\"bench\":\"decode\",\"backend\":\"%s\",\"config\":\"%s\",\"sessions\":%d,\"tokens\":%d,"
@@ -846,14 +856,17 @@ int dg_cli_bench(int argc, char **argv) {
         dg_free(logits);
         dg_free(tk);
         dg_infer_free(ix);
-        dg_model_free(m);
-        dg_backend_close(be);
+        if (!ckpt) {
+            dg_model_free(m);
+            dg_backend_close(be);
+        }
     } else {
         fprintf(stderr, "dragond bench: unknown benchmark '%s' (train or decode)\n", what);
         rc = EX_USAGE;
     }
 out:
     dg_free(ids);
-    dg_tokenizer_free(tok);
+    if (ckpt) unload_model(&L);
+    else dg_tokenizer_free(tok);
     return rc;
 }

@@ -610,15 +610,59 @@ def device_name(dev):
     return "cpu"
 
 
+def read_safetensors(path):
+    """name -> float32 tensor, from a safetensors file (F32 tensors only: what dragond export
+    writes). Written here so that the peer needs nothing beyond torch."""
+    import struct
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    head = json.loads(blob[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, meta in head.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] != "F32":
+            raise SystemExit("%s: tensor %s is %s; only F32 is read" % (path, name, meta["dtype"]))
+        lo, hi = meta["data_offsets"]
+        t = torch.frombuffer(bytearray(blob[base + lo:base + hi]), dtype=torch.float32)
+        out[name] = t.reshape(meta["shape"]) if meta["shape"] else t
+    return out
+
+
+def load_weights(model, path):
+    """Copies a dragond safetensors export (tensor names of DESIGN.md §5) into the model."""
+    w = read_safetensors(path)
+    pairs = [("embed.weight", model.embed), ("encoder", model.encoder),
+             ("encoder_v", model.encoder_v), ("decoder", model.decoder)]
+    if model.lm_head is not None:
+        pairs.append(("lm_head", model.lm_head))
+    if model.norm_gamma is not None:
+        pairs += [("norm.gamma", model.norm_gamma), ("norm.beta", model.norm_beta)]
+    with torch.no_grad():
+        for name, p in pairs:
+            if name not in w:
+                raise SystemExit("%s: no tensor %s" % (path, name))
+            if tuple(w[name].shape) != tuple(p.shape):
+                raise SystemExit("%s: %s is %s, the config needs %s"
+                                 % (path, name, list(w[name].shape), list(p.shape)))
+            p.copy_(w[name].to(p.device))
+
+
 def run_decode(args, out=True):
     cfg = load_config(args.config)
     dev = setup_device(args)
     seed = args.seed if args.seed is not None else int(cfg["training"]["seed"])
-    if args.data:
+    if args.weights:
+        V = int(read_safetensors(args.weights)["embed.weight"].shape[0])
+    elif args.data:
         _, V = load_tokens(cfg, args.data)
     else:
         V = args.vocab or (259 if cfg["training"]["tokenizer"] == "byte" else 69)
     model = build_model(cfg, V, dev, seed)
+    if args.weights:
+        load_weights(model, args.weights)
     model.eval()
     S = args.sessions
     sdt = torch.float32
@@ -851,6 +895,8 @@ def build_parser():
     d.add_argument("--warmup", type=int, default=4)
     d.add_argument("--vocab", type=int, default=None, help="vocab when no --data")
     d.add_argument("--cuda-graph", action="store_true")
+    d.add_argument("--weights", default=None,
+                   help="a trained model: safetensors file written by `dragond export`")
 
     e = sub.add_parser("eval-epoch", help="one epoch of training, then validation loss")
     common(e)

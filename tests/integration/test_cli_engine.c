@@ -129,6 +129,16 @@ START_TEST(train_generate_eval_export) {
     fclose(f);
     ck_assert_msg(strstr(hdr, "\"encoder\"") && strstr(hdr, "\"embed.weight\"") && strstr(hdr, "\"lm_head\""), "%s", hdr);
     free(hdr);
+    /* the decode benchmark on the trained model, prompts from the corpus */
+    rc = run(out, sizeof out, "%s bench decode --checkpoint %s/run --data %s/corpus.txt --sessions 3 "
+             "--tokens 20", g_bin, g_dir, g_dir);
+    ck_assert_msg(rc == 0 && strstr(out, "\"bench\":\"decode\"") && strstr(out, "\"sessions\":3"), "%s", out);
+    double tps = atof(strstr(out, "\"tokens_per_s\":") + 15);
+    ck_assert_msg(tps > 0, "%s", out);
+    rc = run(out, sizeof out, "%s bench decode --checkpoint %s/nothing-here", g_bin, g_dir);
+    ck_assert_msg(rc == 1 && strstr(out, "nothing-here"), "rc %d: %s", rc, out);
+    rc = run(out, sizeof out, "%s bench train --checkpoint %s/run", g_bin, g_dir);
+    ck_assert_msg(rc == 2 && strstr(out, "--checkpoint is for decode"), "rc %d: %s", rc, out);
 }
 END_TEST
 
