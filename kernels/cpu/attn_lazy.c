@@ -37,7 +37,7 @@ typedef struct {
 
 /* Rows idx[0..na) of head state Rh (stored scale * rho): o += qn row (the old row), then
  * row += (qn / scale) v. Portable loops. */
-static void rows_portable(float *Rh, const int32_t *idx, int64_t na, const float *qh, float inv,
+static void attn_rows_portable(float *Rh, const int32_t *idx, int64_t na, const float *qh, float inv,
                           const float *restrict vb, float *restrict o, int64_t D) {
     for (int64_t a = 0; a < na; a++) {         /* read the old row, then write it */
         float qn = qh[idx[a]], qw = qn * inv;
@@ -56,7 +56,7 @@ static void rows_portable(float *Rh, const int32_t *idx, int64_t na, const float
 #ifdef DG_X86
 #define T512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
 /* The same with AVX-512: 256 columns of o stay in 16 registers while the rows stream by. */
-static T512 void rows512(float *Rh, const int32_t *idx, int64_t na, const float *qh, float inv,
+static T512 void attn_rows512(float *Rh, const int32_t *idx, int64_t na, const float *qh, float inv,
                          const float *restrict vb, float *restrict o, int64_t D) {
     for (int64_t d0 = 0; d0 < D; d0 += 256) {
         __m512 acc[16];
@@ -70,8 +70,8 @@ static T512 void rows512(float *Rh, const int32_t *idx, int64_t na, const float 
             float qn = qh[idx[a]];
             __m512 q = _mm512_set1_ps(qn), qw = _mm512_set1_ps(qn * inv);
             float *row = Rh + (int64_t)idx[a] * D + d0;
-            if (a + 2 < na) {
-                const char *nx = (const char *)(Rh + (int64_t)idx[a + 2] * D + d0);
+            if (a + 4 < na) {
+                const char *nx = (const char *)(Rh + (int64_t)idx[a + 4] * D + d0);
                 for (int v = 0; v < 16; v++)
                     if (mk[v]) _mm_prefetch(nx + 64 * v, _MM_HINT_NTA);
             }
@@ -103,11 +103,11 @@ static void step_pair(step_job *j, int64_t b, int64_t h) {
     for (int64_t n0 = 0; n0 < Nq; n0 += WIN) {
         int64_t na = 0, n1 = n0 + WIN < Nq ? n0 + WIN : Nq;
         for (int64_t n = n0; n < n1; n++)
-            if (qh[n] != 0.0f) idx[na++] = (int32_t)n;
+            idx[na] = (int32_t)n, na += qh[n] != 0.0f;     /* branch-free: random zeros */
 #ifdef DG_X86
-        if (j->avx512) { rows512(Rh, idx, na, qh, inv, vb, o, D); continue; }
+        if (j->avx512) { attn_rows512(Rh, idx, na, qh, inv, vb, o, D); continue; }
 #endif
-        rows_portable(Rh, idx, na, qh, inv, vb, o, D);
+        attn_rows_portable(Rh, idx, na, qh, inv, vb, o, D);
     }
     if (*s != 1.0f)
         for (int64_t d = 0; d < D; d++) o[d] *= *s;

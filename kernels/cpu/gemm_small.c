@@ -3,7 +3,7 @@
  * OpenBLAS packs the whole B operand on every sgemm call; for one or a few rows (a decode step
  * of 1..16 sequences) that packing costs more than the arithmetic. Here C rows are built
  * directly. For B stored (K, N):
- *   - AVX-512 (chosen at run time where the CPU has it): register tiles of up to 4 rows x 64..128
+ *   - AVX-512 (chosen at run time where the CPU has it): register tiles of up to 8 rows x 32..128
  *     columns. The k indices where any row of the tile is non-zero are listed first, so a weight
  *     row is read once per tile and never when every A[i,k] of the tile is zero (the Dragon
  *     activations feeding the decoder are ReLU products, mostly zero);
@@ -12,7 +12,8 @@
  * Accumulation is f32 in a different order than sgemm: results agree with ref within the
  * usual 1e-5 relative. Not for transposed A (the caller uses sgemm). No allocation: the k
  * lists live on the stack, K is taken in chunks of KC.
- * Thread affinity: the calling thread; no shared state except the ISA choice, set once. */
+ * Column chunks are shared between two cores by kernels/cpu/pool.c.
+ * Thread affinity: the calling thread (plus the pool worker); shared state: the ISA choice. */
 #include "backend.h"
 
 #include <stdlib.h>
@@ -92,10 +93,16 @@ static void gemm_cols(const dg_gemm_desc *d, int64_t j_lo, int64_t j_hi) {
     }
 }
 
+/* Worth a second core: at least ~64K multiply-adds. */
+static int64_t pool_chunks(const dg_gemm_desc *d, int64_t n) {
+    return d->M * d->N * d->K * d->batch >= 65536 ? n : 1;
+}
+
 #ifdef DG_X86
 #define T512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
-#define KC   2048                 /* k indices listed per chunk (stack: KC * 20 bytes) */
-#define CW(d) ((d)->M <= 2 ? 128 : 64)   /* columns per pool chunk: one register tile wide */
+#define KC   2048                 /* k indices listed per chunk (stack: KC * 36 bytes) */
+#define TM 8                     /* rows per register tile */
+#define CW(d) ((d)->M <= 2 ? 128 : (d)->M <= 4 ? 64 : 32)   /* pool chunk: one tile wide */
 
 /* One register tile: rows [0, MR) of the packed A values ap (nk x MR, k-major), columns
  * [0, NV*16) of B from brow0 with masks mk, over the listed k. first: C = beta C + alpha acc,
@@ -104,7 +111,7 @@ static inline __attribute__((always_inline)) T512 void
 tile512(const int MR, const int NV, int64_t nk, const int32_t *idx, const float *ap,
         const float *B, int64_t ldb, float *C, int64_t ldc, const __mmask16 *mk, float alpha,
         float beta, int first) {
-    __m512 acc[4][8];
+    __m512 acc[TM][8];
     for (int r = 0; r < MR; r++)
         for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
     for (int64_t t = 0; t < nk; t++) {
@@ -140,53 +147,120 @@ static T512 void masks(__mmask16 *mk, int NV, int64_t nj) {
     }
 }
 
-/* Rows [i0, i0+MR) of one batch item, all columns, k chunk by chunk. */
-static T512 void rows512(const dg_gemm_desc *d, const float *A, const float *B, float *C,
-                         int64_t i0, int MR, int64_t j_lo, int64_t j_hi) {
-    int64_t K = d->K, N = j_hi, lda = d->A.ld, ldb = d->B.ld, ldc = d->C.ld;
-    int NV = MR <= 2 ? 8 : 4, W = 16 * NV;
-    int32_t idx[KC];
-    float ap[KC * 4];
-    __mmask16 mk[8];
-    for (int64_t k0 = 0; k0 < K; k0 += KC) {
-        int64_t kn = K - k0 < KC ? K - k0 : KC, nk = 0;
-        for (int64_t k = k0; k < k0 + kn; k++) {   /* list the k where any row is non-zero */
-            int any = 0;
-            for (int r = 0; r < MR; r++) any |= A[(i0 + r) * lda + k] != 0.0f;
-            if (!any) continue;
-            for (int r = 0; r < MR; r++) ap[nk * MR + r] = A[(i0 + r) * lda + k];
-            idx[nk++] = (int32_t)k;
+/* Lists the k in [k0, k0 + kn) where any of rows [i0, i0+MR) of A is non-zero: idx[], and the
+ * MR values of each in ap[] (k-major). Branch-free: the zero pattern of ReLU activations is
+ * random, a branch would mispredict on every other k. Returns the count. */
+static T512 int64_t list_k(const float *A, int64_t lda, int64_t i0, int MR, int64_t k0,
+                           int64_t kn, int32_t *idx, float *ap) {
+    int64_t nk = 0;
+    for (int64_t k = k0; k < k0 + kn; k++) {
+        int any = 0;
+        for (int r = 0; r < MR; r++) {
+            float a = A[(i0 + r) * lda + k];
+            ap[nk * MR + r] = a;
+            any |= a != 0.0f;
         }
-        int first = k0 == 0;
-        if (nk == 0 && !first) continue;
-        for (int64_t j0 = j_lo; j0 < N; j0 += W) {
-            masks(mk, NV, N - j0);
-            const float *Bj = B + j0;
-            float *Cj = C + i0 * ldc + j0;
-            switch (MR) {
-            case 1: tile512(1, 8, nk, idx, ap, Bj, ldb, Cj, ldc, mk, d->alpha, d->beta, first); break;
-            case 2: tile512(2, 8, nk, idx, ap, Bj, ldb, Cj, ldc, mk, d->alpha, d->beta, first); break;
-            case 3: tile512(3, 4, nk, idx, ap, Bj, ldb, Cj, ldc, mk, d->alpha, d->beta, first); break;
-            default: tile512(4, 4, nk, idx, ap, Bj, ldb, Cj, ldc, mk, d->alpha, d->beta, first); break;
-            }
+        idx[nk] = (int32_t)k;
+        nk += any;
+    }
+    return nk;
+}
+
+/* Columns [j_lo, j_hi) of rows [i0, i0+MR) over one listed k chunk. */
+static T512 void cols512(const dg_gemm_desc *d, const float *B, float *C, int64_t i0, int MR,
+                         int64_t j_lo, int64_t j_hi, int64_t nk, const int32_t *idx,
+                         const float *ap, int first) {
+    int64_t ldb = d->B.ld, ldc = d->C.ld;
+    int NV = MR <= 2 ? 8 : 4, W = 16 * NV;
+    __mmask16 mk[8];
+    for (int64_t j0 = j_lo; j0 < j_hi; j0 += W) {
+        masks(mk, NV, j_hi - j0);
+        const float *Bj = B + j0;
+        float *Cj = C + i0 * ldc + j0;
+        switch (MR) {
+#define TILE(R, V) case R: tile512(R, V, nk, idx, ap, Bj, ldb, Cj, ldc, mk, d->alpha, d->beta, \
+                                  first); break;
+        TILE(1, 8) TILE(2, 8) TILE(3, 4) TILE(4, 4) TILE(5, 2) TILE(6, 2) TILE(7, 2)
+        default: tile512(8, 2, nk, idx, ap, Bj, ldb, Cj, ldc, mk, d->alpha, d->beta, first);
+#undef TILE
         }
     }
 }
 
+/* The k lists of every (A batch item, row tile), built once per call when K <= KC and they fit
+ * on the stack (the column chunks of one call share them); else each chunk lists its own. */
+typedef struct {
+    const dg_gemm_desc *d;
+    int64_t             ntile;
+    const int32_t      *idx;     /* [item][tile][K]   or NULL */
+    const float        *ap;      /* [item][tile][TM K]        */
+    const int64_t      *nk;      /* [item][tile]              */
+} g512_job;
+
+#define LIST_STACK (160 * 1024)
+
 /* Chunk c of a GEMM: batch item c / nj, columns [CW * (c % nj), +CW), every row tile. */
-static T512 void chunk512(const dg_gemm_desc *d, int64_t c) {
+static T512 void chunk512(const g512_job *g, int64_t c) {
+    const dg_gemm_desc *d = g->d;
     int64_t nj = (d->N + CW(d) - 1) / CW(d), bi = c / nj, j_lo = CW(d) * (c % nj);
-    int64_t j_hi = j_lo + CW(d) < d->N ? j_lo + CW(d) : d->N;
+    int64_t j_hi = j_lo + CW(d) < d->N ? j_lo + CW(d) : d->N, K = d->K;
     const float *A = (const float *)((const char *)d->A.buf->data + d->A.offs) + bi * d->A.bstride;
     const float *B = (const float *)((const char *)d->B.buf->data + d->B.offs) + bi * d->B.bstride;
     float *C = (float *)((char *)d->C.buf->data + d->C.offs) + bi * d->C.bstride;
-    for (int64_t i0 = 0; i0 < d->M; i0 += 4) {
-        int MR = d->M - i0 < 4 ? (int)(d->M - i0) : 4;
-        rows512(d, A, B, C, i0, MR, j_lo, j_hi);
+    int64_t item = d->A.bstride ? bi : 0;
+    for (int64_t t = 0; t < g->ntile; t++) {
+        int64_t i0 = TM * t;
+        int MR = d->M - i0 < TM ? (int)(d->M - i0) : TM;
+        if (g->idx) {
+            int64_t s = item * g->ntile + t;
+            cols512(d, B, C, i0, MR, j_lo, j_hi, g->nk[s], g->idx + s * K, g->ap + s * TM * K, 1);
+            continue;
+        }
+        int32_t idx[KC];
+        float ap[KC * TM];
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            int64_t kn = K - k0 < KC ? K - k0 : KC;
+            int64_t nk = list_k(A, d->A.ld, i0, MR, k0, kn, idx, ap);
+            if (nk == 0 && k0 > 0) continue;
+            cols512(d, B, C, i0, MR, j_lo, j_hi, nk, idx, ap, k0 == 0);
+        }
     }
 }
 
 static void chunk512_fn(void *arg, int64_t c) { chunk512(arg, c); }
+
+/* Pool chunk: the k list of slot s = (A item, row tile), into the job's prebuilt arrays. */
+static T512 void list_slot(g512_job *g, int64_t s) {
+    const dg_gemm_desc *d = g->d;
+    int64_t K = d->K, it = s / g->ntile, i0 = TM * (s % g->ntile);
+    int MR = d->M - i0 < TM ? (int)(d->M - i0) : TM;
+    const float *A = (const float *)((const char *)d->A.buf->data + d->A.offs) + it * d->A.bstride;
+    ((int64_t *)g->nk)[s] = list_k(A, d->A.ld, i0, MR, 0, K, (int32_t *)g->idx + s * K,
+                                   (float *)g->ap + s * TM * K);
+}
+
+static void list_fn(void *arg, int64_t s) { list_slot(arg, s); }
+
+static T512 void gemm512(const dg_gemm_desc *d) {
+    int64_t ntile = (d->M + TM - 1) / TM, items = d->A.bstride ? d->batch : 1, K = d->K;
+    int64_t slots = items * ntile;
+    size_t bytes = (size_t)(slots * K * (4 + 4 * TM) + slots * 8);
+    int pre = K <= KC && bytes <= LIST_STACK;
+    _Alignas(64) char buf[pre ? bytes : 1];
+    g512_job g = {.d = d, .ntile = ntile};
+    if (pre) {
+        float *ap = (float *)buf;
+        int32_t *idx = (int32_t *)(ap + slots * TM * K);
+        int64_t *nk = (int64_t *)(idx + slots * K);
+        g.idx = idx; g.ap = ap; g.nk = nk;
+        if (slots > 1 && pool_chunks(d, slots) > 1) dg__cpu_pool_run(list_fn, &g, slots);
+        else for (int64_t sl = 0; sl < slots; sl++) list_fn(&g, sl);
+    }
+    int64_t n = d->batch * ((d->N + CW(d) - 1) / CW(d));
+    if (pool_chunks(d, n) > 1) dg__cpu_pool_run(chunk512_fn, &g, n);
+    else for (int64_t c = 0; c < n; c++) chunk512(&g, c);
+}
+
 #endif
 
 /* Portable path, chunk c: columns [64 c, 64 c + 64) of every batch item. */
@@ -196,10 +270,6 @@ static void chunk_cols_fn(void *arg, int64_t c) {
     gemm_cols(d, lo, hi);
 }
 
-/* Worth a second core: at least ~64K multiply-adds. */
-static int64_t pool_chunks(const dg_gemm_desc *d, int64_t n) {
-    return d->M * d->N * d->K * d->batch >= 65536 ? n : 1;
-}
 
 /* -1: not decided yet; 0: portable loops; 1: AVX-512. DG_CPU_ISA=avx2 forces the portable
  * loops (for comparison); tests switch with dg__cpu_isa_avx512(). */
@@ -235,9 +305,7 @@ int dg__cpu_gemm_small(const dg_gemm_desc *d) {
     if (d->M > SMALL_M || d->A.trans) return 0;
 #ifdef DG_X86
     if (!d->B.trans && isa512()) {
-        int64_t n = d->batch * ((d->N + CW(d) - 1) / CW(d));
-        if (pool_chunks(d, n) > 1) dg__cpu_pool_run(chunk512_fn, (void *)d, n);
-        else for (int64_t c = 0; c < n; c++) chunk512(d, c);
+        gemm512(d);
         return 1;
     }
 #endif
