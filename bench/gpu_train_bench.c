@@ -146,8 +146,9 @@ static int bench_decode(const char *backend, const char *row, const dg_model_con
     qsort(dt, (size_t)ntok, sizeof(double), cmp_d);
     double tok_s = (double)S * ntok / total;
     printf("%s: %d session(s), %d steps: %.0f tokens/s aggregate, %.3f ms/step (median %.3f), "
-           "state %.0f MiB/session\n", row, S, ntok, tok_s, 1e3 * total / ntok, 1e3 * dt[ntok / 2],
-           dg_model_state_bytes(cfg) / 1048576.0);
+           "state %.0f MiB/session, %lld of %d steps through a recorded graph\n", row, S, ntok,
+           tok_s, 1e3 * total / ntok, 1e3 * dt[ntok / 2], dg_model_state_bytes(cfg) / 1048576.0,
+           (long long)dg_infer_graph_steps(ix), ntok + 3);
     fflush(stdout);
     result *res = &RES[NRES++];
     snprintf(res->row, sizeof res->row, "%s", row);

@@ -272,6 +272,30 @@ int dg_attn_step(dg_backend_t *be, int B, const dg_tensor *rho, dg_tensor out, d
     return be->iface->attn_step(be, B, rho, out, q, v, gamma);
 }
 
+bool dg_has_graphs(const dg_backend_t *be) {
+    const dg_backend_iface *i = be->iface;
+    return i->graph_begin && i->graph_end && i->graph_launch && i->graph_free && i->pos_fwd_dev;
+}
+int dg_pos_fwd_dev(dg_backend_t *be, dg_tensor out, dg_tensor inp, dg_tensor pos,
+                   dg_pos_mode mode, float theta) {
+    BE_OK(be); pos_check(out, inp, mode); DG_ASSERT(be->iface->pos_fwd_dev);
+    DG_ASSERT(pos.type == DG_DTYPE_I32 && dg_nelem(pos) == inp.ne[3]);
+    return be->iface->pos_fwd_dev(be, out, inp, pos, mode, theta);
+}
+int dg_graph_begin(dg_backend_t *be) { BE_OK(be); DG_ASSERT(be->iface->graph_begin); return be->iface->graph_begin(be); }
+int dg_graph_end(dg_backend_t *be, void **graph) {
+    BE_OK(be); DG_ASSERT(be->iface->graph_end && graph);
+    *graph = NULL;
+    return be->iface->graph_end(be, graph);
+}
+int dg_graph_launch(dg_backend_t *be, void *graph) {
+    BE_OK(be); DG_ASSERT(be->iface->graph_launch && graph);
+    return be->iface->graph_launch(be, graph);
+}
+void dg_graph_free(dg_backend_t *be, void *graph) {
+    if (graph && be->iface->graph_free) be->iface->graph_free(be, graph);
+}
+
 bool dg_has_attn_step_lazy(const dg_backend_t *be) { return be->iface->attn_step_lazy != NULL; }
 
 int dg_attn_step_lazy(dg_backend_t *be, int B, const dg_tensor *rho, float *scale, dg_tensor out,

@@ -18,7 +18,7 @@
 
 #include "dg.h"
 
-#define DG_BACKEND_IFACE_VERSION 1
+#define DG_BACKEND_IFACE_VERSION 2
 
 typedef enum { DG_DTYPE_F32 = 0, DG_DTYPE_BF16 = 1, DG_DTYPE_I32 = 2, DG_DTYPE_F16 = 3 } dg_dtype;
 size_t dg_dtype_size(dg_dtype t);
@@ -220,6 +220,23 @@ struct dg_backend_iface_s {
     int  (*attn_step_lazy)(dg_backend_t *be, int B, const dg_tensor *rho, float *scale,
                            dg_tensor out, dg_tensor q, dg_tensor v, const float *gamma);
 
+    /* pos_fwd with the positions in a device tensor (optional): pos (B) i32, row (b, t) at
+     * pos[b] + t. For work recorded in a graph, whose positions change between replays. */
+    int  (*pos_fwd_dev)(dg_backend_t *be, dg_tensor out, dg_tensor inp, dg_tensor pos,
+                        dg_pos_mode mode, float theta);
+
+    /* Graphs (optional, all four or none): between graph_begin and graph_end the verbs called on
+     * this handle are recorded, not run; graph_end returns a replayable graph that graph_launch
+     * runs (asynchronously, like any verb) with whatever the recorded buffers hold then. While
+     * recording, verbs that need the host (set, get, sumsq, sync, host-array arguments that would
+     * have to be staged) fail with DG_ENOTSUP, and token ids are not validated (the caller has
+     * validated them); graph_end after a failed verb ends the recording and returns that error.
+     * The engine records the decode step once per set of sequences (engine/model.c). */
+    int  (*graph_begin) (dg_backend_t *be);
+    int  (*graph_end)   (dg_backend_t *be, void **graph);
+    int  (*graph_launch)(dg_backend_t *be, void *graph);
+    void (*graph_free)  (dg_backend_t *be, void *graph);
+
     /* Devices this backend can open (optional; needs no handle): fills up to max entries and
      * returns how many devices exist (0 when none, e.g. no GPU or no driver), or a negative
      * code. NULL: one host device. */
@@ -292,6 +309,15 @@ int  dg_adamw(dg_backend_t *be, dg_tensor p, dg_tensor g, dg_tensor m, dg_tensor
               const dg_adamw_hp *hp);
 int  dg_attn_step(dg_backend_t *be, int B, const dg_tensor *rho, dg_tensor out, dg_tensor q,
                   dg_tensor v, const float *gamma);
+/* true when the backend offers graphs (graph_begin .. graph_free) and pos_fwd_dev */
+bool dg_has_graphs(const dg_backend_t *be);
+int  dg_pos_fwd_dev(dg_backend_t *be, dg_tensor out, dg_tensor inp, dg_tensor pos,
+                    dg_pos_mode mode, float theta);
+int  dg_graph_begin(dg_backend_t *be);
+int  dg_graph_end(dg_backend_t *be, void **graph);
+int  dg_graph_launch(dg_backend_t *be, void *graph);
+void dg_graph_free(dg_backend_t *be, void *graph);
+
 /* true when the backend offers attn_step_lazy */
 bool dg_has_attn_step_lazy(const dg_backend_t *be);
 int  dg_attn_step_lazy(dg_backend_t *be, int B, const dg_tensor *rho, float *scale,

@@ -35,7 +35,8 @@
     XX(EEXIST,    -16, "already exists")                   \
     XX(ETIMEDOUT, -17, "timed out")                        \
     XX(ERANGE,    -18, "value out of range")               \
-    XX(EINTERNAL, -19, "internal error")
+    XX(EINTERNAL, -19, "internal error")                   \
+    XX(ESTALE,    -20, "recorded graph is stale")
 
 typedef enum {
     DG_OK = 0,

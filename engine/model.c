@@ -25,6 +25,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 // ------------------------------------------------------------------------------------------
@@ -886,6 +887,15 @@ struct dg_infer_s {
     dg_tensor  *rho_views;      /* [max_B] */
     int64_t    *pos0;           /* [max_B] */
     float      *scale;          /* [max_B * H] lazy-decay scales of one layer */
+    /* the decode step as one recorded graph (backends with graphs: cuda) */
+    dg_tensor   gin;            /* (2 max_B) i32: the step's tokens, then their positions */
+    int32_t    *gin_host;       /* [2 max_B] */
+    void       *graph;          /* recorded for g_B sequences whose states live at g_rho */
+    int         g_B, g_seen;    /* g_seen: steps run verb by verb with this key so far */
+    void      **g_rho;          /* [max_B] device address of each sequence's state */
+    bool        g_off;          /* DG_DECODE_GRAPH=0 or no graphs in the backend */
+    bool        g_warned;       /* a recording failed once (logged) */
+    int64_t     g_steps, g_records;
 };
 
 static void lay_out_infer(dg_infer_t *ix, bump *A) {
@@ -917,6 +927,7 @@ static void lay_out_infer(dg_infer_t *ix, bump *A) {
     ix->z = bump_t(A, R, H * N);
     ix->rho_tmp = bump_t(A, H * Nq, D);
     ix->logits = bump_t(A, R, c->vocab_size);
+    ix->gin = bump_i32(A, 2 * (int64_t)ix->max_B);
 }
 
 int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
@@ -934,13 +945,20 @@ int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
     ix->rho_views = dg_calloc((size_t)max_B, sizeof *ix->rho_views);
     ix->pos0 = dg_calloc((size_t)max_B, sizeof *ix->pos0);
     ix->scale = dg_calloc((size_t)max_B * m->cfg.n_head, sizeof *ix->scale);
+    ix->gin_host = dg_calloc((size_t)2 * max_B, sizeof *ix->gin_host);
+    ix->g_rho = dg_calloc((size_t)max_B, sizeof *ix->g_rho);
+    const char *ge = getenv("DG_DECODE_GRAPH");
+    ix->g_off = !dg_has_graphs(m->be) || (ge && !strcmp(ge, "0"));
     *out = ix;
     return 0;
 }
 
 void dg_infer_free(dg_infer_t *ix) {
     if (!ix) return;
+    dg_graph_free(ix->m->be, ix->graph);
     dg_buf_free(ix->m->be, ix->buf);
+    dg_free(ix->gin_host);
+    dg_free(ix->g_rho);
     dg_free(ix->rho_views);
     dg_free(ix->pos0);
     dg_free(ix->scale);
@@ -974,25 +992,38 @@ static int infer_layer_rest(dg_infer_t *ix, int64_t n, dg_tensor vin, dg_tensor 
     return 0;
 }
 
-/* Embedding + first LN + x projection + positional for n rows (B sequences of T tokens). */
-static int infer_embed(dg_infer_t *ix, const int32_t *tokens, int64_t n, dg_tensor vout) {
-    dg_model_t *m = ix->m;
-    const dg_model_config *c = &m->cfg;
-    int64_t V = c->vocab_size;
+static int check_tokens(const dg_model_t *m, const int32_t *tokens, int64_t n) {
+    int64_t V = m->cfg.vocab_size;
     for (int64_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= V) {
             DG_ERROR("token id %d out of range [0, %lld)", tokens[i], (long long)V);
             return DG_EINVAL;
         }
-    dg_tensor tok = dg_t_i32(ix->tok.buf, ix->tok.offs, n);
-    RC(dg_set(m->be, tok, tokens));
+    return 0;
+}
+
+/* Embedding + first LN for n rows whose (validated) ids are on the device in tok. */
+static int embed_rows(dg_infer_t *ix, dg_tensor tok, int64_t n, dg_tensor vout) {
+    dg_model_t *m = ix->m;
+    const dg_model_config *c = &m->cfg;
     RC(dg_embed_fwd(m->be, rows(ix->emb, n), tok, dg_model_param(m, DG_P_EMBED)));
     return dg_layernorm_fwd(m->be, vout, dg_t1(ix->e_mean.buf, ix->e_mean.offs, n),
                             dg_t1(ix->e_rstd.buf, ix->e_rstd.offs, n), rows(ix->emb, n),
                             norm_g(m), norm_b(m), c->norm_eps);
 }
 
-static int infer_x(dg_infer_t *ix, dg_tensor vin, int64_t B, int64_t T, const int64_t *pos0) {
+/* Embedding + first LN for n rows (B sequences of T tokens). */
+static int infer_embed(dg_infer_t *ix, const int32_t *tokens, int64_t n, dg_tensor vout) {
+    RC(check_tokens(ix->m, tokens, n));
+    dg_tensor tok = dg_t_i32(ix->tok.buf, ix->tok.offs, n);
+    RC(dg_set(ix->m->be, tok, tokens));
+    return embed_rows(ix, tok, n, vout);
+}
+
+/* x projection + ReLU + positional for B sequences of T tokens; the positions come from the host
+ * (pos0) or, when posd is present, from the device (recorded steps). */
+static int infer_x_at(dg_infer_t *ix, dg_tensor vin, int64_t B, int64_t T, const int64_t *pos0,
+                      dg_tensor posd) {
     dg_model_t *m = ix->m;
     const dg_model_config *c = &m->cfg;
     int64_t n = B * T, D = c->n_embd, H = c->n_head, N = dg_model_latent(c);
@@ -1000,20 +1031,30 @@ static int infer_x(dg_infer_t *ix, dg_tensor vin, int64_t B, int64_t T, const in
     dg_tensor x = rows(a->x, n);
     RC(proj_heads(m->be, x, vin, D, 0, dg_model_param(m, DG_P_ENCODER), n, D, H, N));
     RC(dg_relu_fwd(m->be, x, x, c->relu_threshold));
-    if (c->positional != DG_POS_ALIBI)
-        RC(dg_pos_fwd(m->be, dg_t4(a->q.buf, a->q.offs, B, T, H, dg_model_qdim(c)),
-                      dg_t4(a->x.buf, a->x.offs, B, T, H, N), pos0, c->positional, c->rope_theta));
-    return 0;
+    if (c->positional == DG_POS_ALIBI) return 0;
+    dg_tensor qo = dg_t4(a->q.buf, a->q.offs, B, T, H, dg_model_qdim(c));
+    dg_tensor xi = dg_t4(a->x.buf, a->x.offs, B, T, H, N);
+    if (dg_t_present(posd)) return dg_pos_fwd_dev(m->be, qo, xi, posd, c->positional, c->rope_theta);
+    return dg_pos_fwd(m->be, qo, xi, pos0, c->positional, c->rope_theta);
 }
 
-static int infer_logits(dg_infer_t *ix, dg_tensor v, int64_t n, float *host) {
+static int infer_x(dg_infer_t *ix, dg_tensor vin, int64_t B, int64_t T, const int64_t *pos0) {
+    return infer_x_at(ix, vin, B, T, pos0, dg_t_null());
+}
+
+/* logits (n, V) on the device from the last hidden rows v */
+static int logits_rows(dg_infer_t *ix, dg_tensor v, int64_t n) {
     dg_model_t *m = ix->m;
     const dg_model_config *c = &m->cfg;
     int64_t D = c->n_embd, V = c->vocab_size;
     dg_tensor lg = rows(ix->logits, n);
-    if (c->tie_embeddings) RC(matmul(m->be, lg, v, dg_model_param(m, DG_P_EMBED), n, D, V, true, 0));
-    else RC(matmul(m->be, lg, v, dg_model_param(m, DG_P_LM_HEAD), n, D, V, false, 0));
-    return dg_get(m->be, host, lg);
+    if (c->tie_embeddings) return matmul(m->be, lg, v, dg_model_param(m, DG_P_EMBED), n, D, V, true, 0);
+    return matmul(m->be, lg, v, dg_model_param(m, DG_P_LM_HEAD), n, D, V, false, 0);
+}
+
+static int infer_logits(dg_infer_t *ix, dg_tensor v, int64_t n, float *host) {
+    RC(logits_rows(ix, v, n));
+    return dg_get(ix->m->be, host, rows(ix->logits, n));
 }
 
 int dg_infer_prefill(dg_infer_t *ix, dg_state_t *s, const int32_t *tokens, int n,
@@ -1047,19 +1088,17 @@ int dg_infer_prefill(dg_infer_t *ix, dg_state_t *s, const int32_t *tokens, int n
     return 0;
 }
 
-int dg_infer_step(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tokens,
-                  float *logits_out) {
+/* Every verb of a decode step from the tokens on the device (tok) to the logits on the device.
+ * posd present: positions from the device (recorded steps), else ix->pos0 from the host. */
+static int step_verbs(dg_infer_t *ix, int B, dg_state_t **states, dg_tensor tok, dg_tensor posd) {
     dg_model_t *m = ix->m;
-    DG_ASSERT(B >= 1 && B <= ix->max_B);
     const dg_model_config *c = &m->cfg;
     int64_t D = c->n_embd, H = c->n_head, Nq = dg_model_qdim(c);
-    int64_t *pos0 = ix->pos0;
-    for (int b = 0; b < B; b++) { DG_ASSERT(states[b]->m == m); pos0[b] = states[b]->pos; }
     bool lazy = dg_has_attn_step_lazy(m->be);
     dg_tensor v = rows(ix->v0, B), v2 = rows(ix->v1, B);
-    int rc = infer_embed(ix, tokens, B, v);
+    int rc = embed_rows(ix, tok, B, v);
     for (int l = 0; l < c->n_layer && !rc; l++) {
-        rc = infer_x(ix, v, B, 1, pos0);
+        rc = infer_x_at(ix, v, B, 1, ix->pos0, posd);
         if (rc) break;
         for (int b = 0; b < B; b++) ix->rho_views[b] = state_layer(states[b], l, 1);
         dg_tensor ao = dg_t3(ix->a.a.buf, ix->a.a.offs, B, H, D);
@@ -1071,14 +1110,103 @@ int dg_infer_step(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tok
             for (int b = 0; b < B; b++)
                 memcpy(states[b]->scale + l * H, ix->scale + b * H, (size_t)H * sizeof(float));
         } else {
-            for (int b = 0; b < B && !rc; b++) rc = state_normalize(states[b]);
-            if (!rc) rc = dg_attn_step(m->be, B, ix->rho_views, ao, qv, vv, m->gamma);
+            rc = dg_attn_step(m->be, B, ix->rho_views, ao, qv, vv, m->gamma);
         }
         if (rc) break;
         rc = infer_layer_rest(ix, B, v, v2);
         dg_tensor t = v; v = v2; v2 = t;
     }
     RC(rc);
+    return logits_rows(ix, v, B);
+}
+
+/* The recorded-step key: B and the device address of every sequence's state. */
+static bool graph_key_same(const dg_infer_t *ix, int B, dg_state_t **states) {
+    if (ix->g_B != B) return false;
+    for (int b = 0; b < B; b++)
+        if (ix->g_rho[b] != states[b]->buf->data) return false;
+    return true;
+}
+
+static void graph_drop(dg_infer_t *ix) {
+    dg_graph_free(ix->m->be, ix->graph);
+    ix->graph = NULL;
+}
+
+/* A decode step through a recorded graph: the step's tokens and positions go up in one copy,
+ * one launch runs every verb, the logits come back. The graph is recorded on the second
+ * consecutive step with the same sequences (the first, run verb by verb, sizes every backend
+ * buffer); a different set of sequences records again. Returns 1 when the step should run verb
+ * by verb instead (nothing has been changed then). */
+static int step_graph(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tokens,
+                      float *logits_out) {
+    dg_model_t *m = ix->m;
+    dg_backend_t *be = m->be;
+    if (!graph_key_same(ix, B, states)) {
+        graph_drop(ix);
+        ix->g_B = B;
+        for (int b = 0; b < B; b++) ix->g_rho[b] = states[b]->buf->data;
+        ix->g_seen = 0;
+    }
+    if (!ix->graph && ix->g_seen++ < 1) return 1;     /* also: recording failed for this key */
+    for (int b = 0; b < B; b++) {
+        ix->gin_host[b] = tokens[b];
+        if (states[b]->pos > INT32_MAX - 1) return 1;
+        ix->gin_host[B + b] = (int32_t)states[b]->pos;
+    }
+    dg_tensor gin = dg_t_i32(ix->gin.buf, ix->gin.offs, 2 * (int64_t)B);
+    RC(dg_set(be, gin, ix->gin_host));
+    if (!ix->graph) {
+        dg_tensor tok = dg_t_i32(ix->gin.buf, ix->gin.offs, B);
+        dg_tensor posd = dg_t_i32(ix->gin.buf, ix->gin.offs + (size_t)B * 4, B);
+        void *g = NULL;
+        int rc = dg_graph_begin(be);
+        if (!rc) {
+            int vr = step_verbs(ix, B, states, tok, posd);
+            rc = dg_graph_end(be, &g);
+            if (!rc && vr) { dg_graph_free(be, g); g = NULL; rc = vr; }
+        }
+        if (rc) {       /* this set of sequences runs verb by verb (until the set changes) */
+            if (!ix->g_warned)
+                DG_WARN("decode: the step could not be recorded as a graph (%s: %s); it runs verb "
+                        "by verb", dg_err_name(rc), be->errmsg);
+            ix->g_warned = true;
+            ix->g_seen = INT32_MIN;
+            return 1;
+        }
+        ix->graph = g;
+        ix->g_records++;
+    }
+    int rc = dg_graph_launch(be, ix->graph);
+    if (rc == DG_ESTALE) {       /* a backend buffer moved: record again on the next step */
+        graph_drop(ix);
+        ix->g_seen = 1;          /* this verb-by-verb step sizes the buffers again */
+        return 1;
+    }
+    RC(rc);
+    ix->g_steps++;
     for (int b = 0; b < B; b++) states[b]->pos++;
-    return logits_out ? infer_logits(ix, v, B, logits_out) : 0;
+    return logits_out ? dg_get(be, logits_out, rows(ix->logits, B)) : 0;
+}
+
+int64_t dg_infer_graph_steps(const dg_infer_t *ix) { return ix->g_steps; }
+int64_t dg_infer_graph_records(const dg_infer_t *ix) { return ix->g_records; }
+
+int dg_infer_step(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tokens,
+                  float *logits_out) {
+    dg_model_t *m = ix->m;
+    DG_ASSERT(B >= 1 && B <= ix->max_B);
+    for (int b = 0; b < B; b++) { DG_ASSERT(states[b]->m == m); ix->pos0[b] = states[b]->pos; }
+    RC(check_tokens(m, tokens, B));
+    if (!dg_has_attn_step_lazy(m->be))
+        for (int b = 0; b < B; b++) RC(state_normalize(states[b]));
+    if (!ix->g_off) {
+        int rc = step_graph(ix, B, states, tokens, logits_out);
+        if (rc <= 0) return rc;
+    }
+    dg_tensor tok = dg_t_i32(ix->tok.buf, ix->tok.offs, B);
+    RC(dg_set(m->be, tok, tokens));
+    RC(step_verbs(ix, B, states, tok, dg_t_null()));
+    for (int b = 0; b < B; b++) states[b]->pos++;
+    return logits_out ? dg_get(m->be, logits_out, rows(ix->logits, B)) : 0;
 }

@@ -157,8 +157,13 @@ void dg_infer_free(dg_infer_t *ix);
 int  dg_infer_prefill(dg_infer_t *ix, dg_state_t *s, const int32_t *tokens, int n,
                       float *logits_out);
 /* One token step for B sequences at once: tokens[b] goes into states[b]; logits_out (B, V)
- * host floats. */
+ * host floats. On a backend with graphs (cuda) the step is recorded once per set of sequences
+ * (on its second consecutive step) and then replayed with one launch; DG_DECODE_GRAPH=0 in the
+ * environment (read by dg_infer_create) runs every step verb by verb. Same results either way. */
 int  dg_infer_step(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tokens,
                    float *logits_out);
+/* Steps run through a recorded graph so far, and graphs recorded (for tests and benchmarks). */
+int64_t dg_infer_graph_steps(const dg_infer_t *ix);
+int64_t dg_infer_graph_records(const dg_infer_t *ix);
 
 #endif /* DG_MODEL_H */

@@ -40,6 +40,8 @@ extern "C" {
 #define NT 256                     /* threads per block for elementwise kernels */
 #define STEP_SLAB 64               /* rows of rho per block in attn_step */
 #define CU_MAX_HEADS 64
+#define CNT_STEP 16384             /* attn_step counters: one per (sequence, head) */
+#define CNT_GEMV 16384             /* few-row GEMM counters: one per (column tile, batch item) */
 #define PIN_RING 16                /* pinned staging slots for small host->device arguments */
 #define PIN_SLOT 4096            /* = DG_MAX_HEADS of engine/model.h */
 
@@ -53,6 +55,9 @@ typedef struct {
     void               *cvt;       /* growable bf16 staging for output-dominated GEMMs */
     size_t              cvt_bytes;
     int                 cvt_on;    /* DG_CUDA_CVT=0 turns the staging path off */
+    int                 gemv_on;   /* DG_CUDA_GEMV=0: few-row GEMMs on cuBLAS too */
+    int                 gemv_spb;  /* k_gemv blocks per SM to aim for (DG_CUDA_GEMV_SPB, 2) */
+    int                 nsm;       /* multiprocessors */
     void               *args;      /* small device buffer for host arrays (pos0, pointers) */
     size_t              args_bytes;
     double             *freq;      /* pos frequency table (N doubles), cached by (N, theta, mode) */
@@ -64,6 +69,11 @@ typedef struct {
     int                 pin_next;
     int                *d_flag;    /* device int for input validation */
     int                *h_flag;    /* pinned host copy */
+    int                 capturing; /* between graph_begin and graph_end */
+    int                 cap_err;   /* first verb error while capturing (graph_end returns it) */
+    unsigned           *cnt;       /* CNT_STEP + CNT_GEMV zeroed block counters (last-block sums) */
+    uint64_t            gen;       /* bumped when scratch, cvt or freq move (graphs hold them) */
+    void               *ws;        /* cuBLAS workspace (set explicitly: no allocation in a graph) */
     int                 prof;      /* DG_CUDA_PROFILE=1: per-verb device time table at free */
     struct prof_ent    *prof_tab;
     int                 prof_n;
@@ -149,6 +159,17 @@ static int blas_fail(dg_backend_t *be, cublasStatus_t s, const char *what, int l
     if (e_ != cudaSuccess) return cuda_fail(be, e_, what, __LINE__); } while (0)
 #define RET(x) do { int rc_ = (x); if (rc_) return rc_; } while (0)
 
+/* While a graph is being recorded, work that needs the host (a sync, a staged host array, a
+ * buffer that must grow) cannot be recorded: the verb fails with DG_ENOTSUP and graph_end
+ * reports it (the engine then runs the step without a graph). */
+static int capture_refuse(dg_backend_t *be, const char *what) {
+    snprintf(be->errmsg, sizeof be->errmsg, "%s cannot be recorded in a graph", what);
+    cuda_ctx *c = (cuda_ctx *)be->ctx;
+    if (!c->cap_err) c->cap_err = DG_ENOTSUP;
+    return DG_ENOTSUP;
+}
+#define NO_CAPTURE(what) do { if (CTX(be)->capturing) return capture_refuse(be, what); } while (0)
+
 static float *F(dg_tensor t) { return (float *)((char *)t.buf->data + t.offs); }
 static const int32_t *I(dg_tensor t) { return (const int32_t *)((char *)t.buf->data + t.offs); }
 static float *FM(const dg_mat &m) { return (float *)((char *)m.buf->data + m.offs); }
@@ -163,6 +184,7 @@ static unsigned blocks_for(int64_t n) {
 static int scratch_get(dg_backend_t *be, size_t bytes, void **out) {
     cuda_ctx *c = CTX(be);
     if (bytes > c->scratch_bytes) {
+        NO_CAPTURE("growing the scratch buffer");
         if (c->scratch) {
             CK(cudaStreamSynchronize(c->stream));
             CK(cudaFree(c->scratch));
@@ -170,6 +192,7 @@ static int scratch_get(dg_backend_t *be, size_t bytes, void **out) {
             c->scratch_bytes = 0;
         }
         size_t nb = bytes + bytes / 4 + 256;
+        c->gen++;
         CK(cudaMalloc(&c->scratch, nb));
         c->scratch_bytes = nb;
     }
@@ -184,6 +207,7 @@ static int scratch_get(dg_backend_t *be, size_t bytes, void **out) {
  * slot is reused only after the event recorded behind its copy has completed. */
 static int args_put(dg_backend_t *be, const void *host, size_t n, void **out) {
     cuda_ctx *c = CTX(be);
+    NO_CAPTURE("a host argument array");
     if (n > c->args_bytes) {
         if (c->args) { CK(cudaStreamSynchronize(c->stream)); CK(cudaFree(c->args)); }
         c->args = NULL; c->args_bytes = 0;
@@ -227,6 +251,10 @@ static int cu_init(dg_backend_t *be, const dg_backend_params *p) {
     c->compute = CUBLAS_COMPUTE_32F_FAST_16BF;
     const char *cv = getenv("DG_CUDA_CVT");
     c->cvt_on = !(cv && !strcmp(cv, "0"));
+    const char *gv = getenv("DG_CUDA_GEMV");
+    c->gemv_on = !(gv && !strcmp(gv, "0"));
+    const char *gs = getenv("DG_CUDA_GEMV_SPB");
+    c->gemv_spb = gs && atoi(gs) > 0 && atoi(gs) <= 64 ? atoi(gs) : 2;
     const char *pe = getenv("DG_CUDA_PROFILE");
     if (pe && *pe && strcmp(pe, "0")) {
         c->prof = 1;
@@ -245,6 +273,16 @@ static int cu_init(dg_backend_t *be, const dg_backend_params *p) {
         rc = blas_fail(be, s, "cublasCreate", __LINE__);
     if (!rc && (s = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS)
         rc = blas_fail(be, s, "cublasSetStream", __LINE__);
+    /* cuBLAS gets its workspace up front (32 MiB, as NVIDIA advises for Hopper), so no GEMM
+     * allocates one later, in particular not while a graph is being recorded. */
+    if (!rc && (e = cudaMalloc(&c->ws, (size_t)32 << 20)) != cudaSuccess)
+        rc = cuda_fail(be, e, "cudaMalloc(cublas workspace)", __LINE__);
+    if (!rc && (s = cublasSetWorkspace(c->blas, c->ws, (size_t)32 << 20)) != CUBLAS_STATUS_SUCCESS)
+        rc = blas_fail(be, s, "cublasSetWorkspace", __LINE__);
+    if (!rc && (e = cudaMalloc(&c->cnt, (CNT_STEP + CNT_GEMV) * sizeof(unsigned))) != cudaSuccess)
+        rc = cuda_fail(be, e, "cudaMalloc(counters)", __LINE__);
+    if (!rc && (e = cudaMemset(c->cnt, 0, (CNT_STEP + CNT_GEMV) * sizeof(unsigned))) != cudaSuccess)
+        rc = cuda_fail(be, e, "cudaMemset(counters)", __LINE__);
     if (!rc && (e = cudaMalloc(&c->d_flag, sizeof(int))) != cudaSuccess)
         rc = cuda_fail(be, e, "cudaMalloc(flag)", __LINE__);
     if (!rc && (e = cudaMallocHost(&c->h_flag, sizeof(int))) != cudaSuccess)
@@ -263,12 +301,16 @@ static int cu_init(dg_backend_t *be, const dg_backend_params *p) {
         if (c->d_flag) cudaFree(c->d_flag);
         if (c->h_flag) cudaFreeHost(c->h_flag);
         if (c->blas) cublasDestroy(c->blas);
+        if (c->ws) cudaFree(c->ws);
+        if (c->cnt) cudaFree(c->cnt);
         if (c->stream) cudaStreamDestroy(c->stream);
         dg_free(c);
         be->ctx = NULL;
         return rc;
     }
     cudaDeviceProp prop;
+    c->nsm = 132;
+    if (cudaGetDeviceProperties(&prop, c->device) == cudaSuccess) c->nsm = prop.multiProcessorCount;
     if (cudaGetDeviceProperties(&prop, c->device) == cudaSuccess)
         DG_INFO("cuda: device %d: %s, %.1f GiB, sm_%d%d, gemm %s", c->device, prop.name,
                 prop.totalGlobalMem / 1073741824.0, prop.major, prop.minor,
@@ -292,6 +334,8 @@ static void cu_free(dg_backend_t *be) {
     for (int k = 0; k < PIN_RING; k++) cudaEventDestroy(c->pin_ev[k]);
     cudaFreeHost(c->pin);
     cublasDestroy(c->blas);
+    if (c->ws) cudaFree(c->ws);
+    if (c->cnt) cudaFree(c->cnt);
     cudaStreamDestroy(c->stream);
     dg_free(c);
     be->ctx = NULL;
@@ -324,6 +368,7 @@ static void cu_buf_free(dg_backend_t *be, dg_buf_t *buf) {
 
 static int cu_set(dg_backend_t *be, dg_tensor dst, const void *host) {
     SETDEV();
+    NO_CAPTURE("set");
     CK(cudaMemcpyAsync(F(dst), host, dg_nbytes(dst), cudaMemcpyHostToDevice, CTX(be)->stream));
     CK(cudaStreamSynchronize(CTX(be)->stream));
     return 0;
@@ -331,6 +376,7 @@ static int cu_set(dg_backend_t *be, dg_tensor dst, const void *host) {
 
 static int cu_get(dg_backend_t *be, void *host, dg_tensor src) {
     SETDEV();
+    NO_CAPTURE("get");
     CK(cudaMemcpyAsync(host, F(src), dg_nbytes(src), cudaMemcpyDeviceToHost, CTX(be)->stream));
     CK(cudaStreamSynchronize(CTX(be)->stream));
     return 0;
@@ -373,6 +419,7 @@ static int cu_fill(dg_backend_t *be, dg_tensor t, float value) {
 
 static int cu_sync(dg_backend_t *be) {
     SETDEV();
+    NO_CAPTURE("sync");
     CK(cudaStreamSynchronize(CTX(be)->stream));
     return 0;
 }
@@ -417,8 +464,10 @@ static int gemm_staged(dg_backend_t *be, const dg_gemm_desc *d) {
     if ((na + nb) * 8 > nc || nc < (1 << 22)) return 1;
     size_t bytes = (size_t)(na + nb) * 2 + 256;
     if (bytes > c->cvt_bytes) {
+        NO_CAPTURE("growing the bf16 staging buffer");
         if (c->cvt) { CK(cudaStreamSynchronize(c->stream)); CK(cudaFree(c->cvt)); }
         c->cvt = NULL; c->cvt_bytes = 0;
+        c->gen++;
         CK(cudaMalloc(&c->cvt, bytes + bytes / 4));
         c->cvt_bytes = bytes + bytes / 4;
     }
@@ -440,6 +489,183 @@ static int gemm_staged(dg_backend_t *be, const dg_gemm_desc *d) {
     return 0;
 }
 
+/* Few-row GEMMs (M <= 8: the decode step's projections) are memory-bound on B: cuBLAS reaches a
+ * fraction of the bandwidth there. k_gemv streams B once with float4 loads in exact fp32: a block
+ * owns 128 columns (32 lanes x float4) of one batch item and a slice of KB rows of K, its 8 warps
+ * take the rows in turn (8 in flight each) and skip rows where every A[m][k] is zero (the
+ * decoder's input is a ReLU product, mostly zero); the warps' sums meet in shared memory. With one
+ * slice per item the block writes C; else it writes partial sums and the slices are added
+ * in a fixed order (deterministic), in the last block of each column tile to finish. */
+#define GV_WARPS 8
+#define GV_MAXM  8
+#define GV_KB    512
+
+/* A lane's columns of one B row: 4 f32 (one float4 load). */
+template <typename WT> struct gv_w;
+template <> struct gv_w<float> {
+    static const int NC = 4;
+    __device__ static void load(float *w, const float *row, int64_t col) {
+        float4 v = __ldg((const float4 *)(row + col));
+        w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+    }
+};
+/* Lane `lane` of every warp has put its NC column sums in red[warp]; warp 0 adds them in warp
+ * order and writes alpha * sum + beta * C to C, or the plain sum to part when part is set.
+ * Callers sync before (red filled) and after (red reused). */
+template <int NC>
+__device__ __forceinline__ void gv_emit(float (*red)[32 * 8], int warp, int lane, bool colok,
+                                        float *c, float alpha, float beta, float *part) {
+    if (warp != 0 || !colok) return;
+#pragma unroll
+    for (int j = 0; j < NC; j++) {
+        float t = red[0][lane * NC + j];
+        for (int w2 = 1; w2 < GV_WARPS; w2++) t += red[w2][lane * NC + j];
+        if (part) part[j] = t;
+        else c[j] = beta != 0.f ? alpha * t + beta * c[j] : alpha * t;
+    }
+}
+
+template <int M, typename WT>
+__global__ void __launch_bounds__(GV_WARPS * 32)
+k_gemv(const float *A, int64_t lda, int64_t sA, const WT *B, int64_t ldb, int64_t sB,
+       float *C, int64_t ldc, int64_t sC, int64_t N, int64_t K, int64_t KB, float alpha,
+       float beta, float *part, int64_t batch, unsigned *cnt) {
+    const int NC = gv_w<WT>::NC;
+    int64_t tile = blockIdx.x, sl = blockIdx.y, bi = blockIdx.z;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int64_t k0 = sl * KB, kn = K - k0 < KB ? K - k0 : KB;
+    __shared__ float as[GV_MAXM * GV_KB];
+    __shared__ unsigned char live[GV_KB];
+    __shared__ float red[GV_WARPS][32 * 8];
+    const float *Ab = A + bi * sA;
+    for (int64_t k = threadIdx.x; k < kn; k += blockDim.x) {
+        bool any = false;
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float a = Ab[m * lda + k0 + k];
+            as[m * GV_KB + k] = a;
+            any |= a != 0.f;
+        }
+        live[k] = any;
+    }
+    __syncthreads();
+    int64_t col = (tile * 32 + lane) * NC;      /* first of this lane's NC columns */
+    bool colok = col < N;
+    const WT *Bp = B + bi * sB + k0 * ldb;
+    float acc[M][NC];
+#pragma unroll
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int j = 0; j < NC; j++) acc[m][j] = 0.f;
+    const int U = 8;
+    for (int64_t kk = warp; kk < kn; kk += (int64_t)GV_WARPS * U) {
+        float w[U][NC];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int64_t k = kk + (int64_t)u * GV_WARPS;
+            if (k < kn && live[k] && colok) gv_w<WT>::load(w[u], Bp + k * ldb, col);
+            else
+#pragma unroll
+                for (int j = 0; j < NC; j++) w[u][j] = 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int64_t k = kk + (int64_t)u * GV_WARPS;
+            if (k >= kn || !live[k]) continue;
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                float a = as[m * GV_KB + k];
+#pragma unroll
+                for (int j = 0; j < NC; j++) acc[m][j] += a * w[u][j];
+            }
+        }
+    }
+    int S = gridDim.y;
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+#pragma unroll
+        for (int j = 0; j < NC; j++) red[warp][lane * NC + j] = acc[m][j];
+        __syncthreads();
+        gv_emit<NC>(red, warp, lane, colok, C + bi * sC + m * ldc + col, alpha, beta,
+                    S == 1 ? NULL : part + ((sl * batch + bi) * M + m) * N + col);
+        __syncthreads();
+    }
+    if (S == 1) return;
+    /* the last slice block of (tile, item) to finish adds the S partial sums: warp w takes the
+     * slices w, w + 8, ..., then the 8 warp sums are added in order (deterministic) */
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    unsigned *ct = cnt + tile * batch + bi;
+    if (threadIdx.x == 0) last = atomicAdd(ct, 1u) == (unsigned)(S - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float t[NC];
+#pragma unroll
+        for (int j = 0; j < NC; j++) t[j] = 0.f;
+        if (colok)
+            for (int64_t k = warp; k < S; k += 4 * GV_WARPS) {   /* 4 rows in flight, in order */
+                float o[4][NC];
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    int64_t kk = k + (int64_t)u * GV_WARPS;
+                    const float *pr = part + ((kk * batch + bi) * M + m) * N + col;
+#pragma unroll
+                    for (int j = 0; j < NC; j += 4) {
+                        float4 v = kk < S ? __ldcg((const float4 *)(pr + j))
+                                          : make_float4(0.f, 0.f, 0.f, 0.f);
+                        o[u][j] = v.x; o[u][j + 1] = v.y; o[u][j + 2] = v.z; o[u][j + 3] = v.w;
+                    }
+                }
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+#pragma unroll
+                    for (int j = 0; j < NC; j++) t[j] += o[u][j];
+            }
+#pragma unroll
+        for (int j = 0; j < NC; j++) red[warp][lane * NC + j] = t[j];
+        __syncthreads();
+        gv_emit<NC>(red, warp, lane, colok, C + bi * sC + m * ldc + col, alpha, beta, NULL);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *ct = 0;
+}
+
+/* Returns 1 when the shape is not for k_gemv. */
+static int gemm_few_rows(dg_backend_t *be, const dg_gemm_desc *d) {
+    cuda_ctx *c = CTX(be);
+    if (!c->gemv_on || d->M > GV_MAXM || d->A.trans || d->B.trans) return 1;
+    const int NC = gv_w<float>::NC;
+    void *B = (char *)d->B.buf->data + d->B.offs;
+    float *C = FM(d->C);
+    bool ok = d->N % NC == 0 && d->B.ld % NC == 0 && d->B.bstride % NC == 0 && al16(B) &&
+              d->K >= 1;
+    int64_t tiles = (d->N + 32 * NC - 1) / (32 * NC), items = tiles * d->batch;
+    if (!ok || items > CNT_GEMV) return 1;
+    int64_t S = (c->gemv_spb * (int64_t)c->nsm + items - 1) / items;   /* blocks per SM */
+    int64_t smax = (d->K + 31) / 32, smin = (d->K + GV_KB - 1) / GV_KB;
+    if (S > smax) S = smax;
+    if (S < smin) S = smin;
+    int64_t KB = (d->K + S - 1) / S;
+    S = (d->K + KB - 1) / KB;
+    float *part = NULL;
+    if (S > 1)
+        RET(scratch_get(be, (size_t)(S * d->batch * d->M * d->N) * sizeof(float), (void **)&part));
+    dim3 grid((unsigned)tiles, (unsigned)S, (unsigned)d->batch);
+#define GV(MM, WT) k_gemv<MM, WT><<<grid, GV_WARPS * 32, 0, c->stream>>>(FM(d->A), d->A.ld, \
+        d->A.bstride, (const WT *)B, d->B.ld, d->B.bstride, C, d->C.ld, d->C.bstride, d->N, d->K, \
+        KB, d->alpha, d->beta, part, d->batch, c->cnt + CNT_STEP)
+#define GVM(MM) case MM: GV(MM, float); break;
+    switch (d->M) { GVM(1) GVM(2) GVM(3) GVM(4) GVM(5) GVM(6) GVM(7) default: GVM(8) }
+#undef GVM
+#undef GV
+    LAUNCHED("gemv");
+    return 0;
+}
+
 static int cu_gemm(dg_backend_t *be, const dg_gemm_desc *d) {
     SETDEV();
     char pn[64] = "gemm";
@@ -448,7 +674,9 @@ static int cu_gemm(dg_backend_t *be, const dg_gemm_desc *d) {
                  (long long)d->N, (long long)d->K, (long long)d->batch, d->A.trans ? 'T' : 'N',
                  d->B.trans ? 'T' : 'N');
     PROF(pn);
-    int st = gemm_staged(be, d);
+    int st = gemm_few_rows(be, d);
+    if (st <= 0) return st;
+    st = gemm_staged(be, d);
     if (st <= 0) return st;
     return gemm_rm(be, d->A.trans, d->B.trans, d->M, d->N, d->K, d->alpha, FM(d->A), d->A.ld,
                    d->A.bstride, FM(d->B), d->B.ld, d->B.bstride, d->beta, FM(d->C), d->C.ld,
@@ -590,6 +818,7 @@ __global__ void k_sumsq_final(double *part, int n) {
 
 static int cu_sumsq(dg_backend_t *be, double *out, dg_tensor x) {
     SETDEV();
+    NO_CAPTURE("sumsq");
     PROF("sumsq");
     cuda_ctx *c = CTX(be);
     double *part;
@@ -617,6 +846,7 @@ __global__ void k_check_ids(int *flag, const int32_t *ids, int64_t n, int64_t V)
 
 static int check_ids(dg_backend_t *be, const int32_t *ids, int64_t n, int64_t V, const char *what) {
     cuda_ctx *c = CTX(be);
+    if (c->capturing) return 0;   /* recorded work: the caller validated the ids (backend.h) */
     CK(cudaMemsetAsync(c->d_flag, 0x7f, sizeof(int), c->stream));   /* 0x7f7f7f7f = none */
     k_check_ids<<<blocks_for(n), NT, 0, c->stream>>>(c->d_flag, ids, n, V);
     LAUNCHED(what);
@@ -672,12 +902,39 @@ static int cu_embed_bwd(dg_backend_t *be, dg_tensor dwte, dg_tensor dout, dg_ten
 // ------------------------------------------------------------------------------------------
 // LayerNorm: one warp per row
 
+#define LN_REG 16   /* rows up to 512 wide are kept in registers */
 __global__ void k_ln_fwd(float *out, float *mean, float *rstd, const float *inp,
                          const float *gamma, const float *beta, int64_t R, int D, float eps) {
     int lane = threadIdx.x & 31;
     int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= R) return;
     const float *x = inp + r * D;
+    if (D <= 32 * LN_REG) {   /* the row in registers: one pass over memory */
+        float xv[LN_REG];
+        float s = 0;
+#pragma unroll
+        for (int j = 0; j < LN_REG; j++) {
+            int i = lane + 32 * j;
+            xv[j] = i < D ? x[i] : 0.f;
+            s += xv[j];
+        }
+        float m = warp_sum(s) / D;
+        float v = 0;
+#pragma unroll
+        for (int j = 0; j < LN_REG; j++)
+            if (lane + 32 * j < D) { float d = xv[j] - m; v += d * d; }
+        float rs = rsqrtf(warp_sum(v) / D + eps);
+        float *o = out + r * D;
+#pragma unroll
+        for (int j = 0; j < LN_REG; j++) {
+            int i = lane + 32 * j;
+            if (i >= D) break;
+            float n = (xv[j] - m) * rs;
+            o[i] = gamma ? n * gamma[i] + beta[i] : n;
+        }
+        if (lane == 0) { mean[r] = m; rstd[r] = rs; }
+        return;
+    }
     float s = 0;
     for (int i = lane; i < D; i += 32) s += x[i];
     float m = warp_sum(s) / D;
@@ -919,11 +1176,13 @@ static int cu_gate_bwd(dg_backend_t *be, dg_tensor dx, dg_tensor dy, dg_tensor d
 static int freq_table(dg_backend_t *be, int64_t N, dg_pos_mode mode, float theta, double **out) {
     cuda_ctx *c = CTX(be);
     if (!c->freq || c->freq_n != N || c->freq_theta != theta || c->freq_mode != (int)mode) {
+        NO_CAPTURE("building the frequency table");
         if (c->freq) {
             CK(cudaStreamSynchronize(c->stream));
             CK(cudaFree(c->freq));
             c->freq = NULL;
         }
+        c->gen++;
         double *h = (double *)dg_malloc((size_t)N * sizeof(double));
         for (int64_t i = 0; i < N; i++) {
             double ex = mode == DG_POS_ROPE ? -2.0 * (double)(i / 2) / (double)N
@@ -949,7 +1208,8 @@ __device__ __forceinline__ void phase(double p, double f, float *cs, float *sn) 
 }
 
 /* rope over pairs: n = B*T*H*(N/2) pair index; row (b, t) has position pos0[b] + t. */
-__global__ void k_rope(float *out, const float *inp, const int64_t *pos0, const double *freq,
+template <typename P>
+__global__ void k_rope(float *out, const float *inp, const P *pos0, const double *freq,
                        int64_t B, int64_t T, int64_t H, int64_t N, int bwd) {
     int64_t half = N / 2, n = B * T * H * half;
     GRID_LOOP(i, n) {
@@ -971,7 +1231,8 @@ __global__ void k_rope(float *out, const float *inp, const int64_t *pos0, const 
 }
 
 /* The same, two pairs per thread with float4 access (N % 4 == 0, 16-byte aligned rows). */
-__global__ void k_rope4(float4 *out, const float4 *inp, const int64_t *pos0, const double *freq,
+template <typename P>
+__global__ void k_rope4(float4 *out, const float4 *inp, const P *pos0, const double *freq,
                         int64_t B, int64_t T, int64_t H, int64_t N, int bwd) {
     int64_t q4 = N / 4, n = B * T * H * q4;
     GRID_LOOP(i, n) {
@@ -999,7 +1260,8 @@ __device__ __forceinline__ float softplusf(float x) {
 }
 
 /* pope fwd: out (row, 2N) = [mu cos | mu sin]; bwd: dinp (row, N) += sigmoid(x)(dc cos + ds sin) */
-__global__ void k_pope(float *o, const float *a, const float *x, const int64_t *pos0,
+template <typename P>
+__global__ void k_pope(float *o, const float *a, const float *x, const P *pos0,
                        const double *freq, int64_t B, int64_t T, int64_t H, int64_t N, int bwd) {
     int64_t n = B * T * H * N;
     GRID_LOOP(i, n) {
@@ -1019,29 +1281,46 @@ __global__ void k_pope(float *o, const float *a, const float *x, const int64_t *
     }
 }
 
-static int cu_pos(dg_backend_t *be, dg_tensor o, dg_tensor a, dg_tensor x, const int64_t *pos0,
-                  dg_pos_mode mode, float theta, int bwd) {
-    SETDEV();
-    PROF(bwd ? "pos_bwd" : "pos_fwd");
+/* pos0 is a device array of B positions (int64_t or int32_t). */
+template <typename P>
+static int pos_launch(dg_backend_t *be, dg_tensor o, dg_tensor a, dg_tensor x, const P *dpos,
+                      dg_pos_mode mode, float theta, int bwd) {
     cuda_ctx *c = CTX(be);
     dg_tensor inp = bwd ? x : a;
     int64_t N = inp.ne[0], H = inp.ne[1], T = inp.ne[2], B = inp.ne[3];
     double *freq;
     RET(freq_table(be, N, mode, theta, &freq));
-    int64_t *dpos;
-    RET(args_put(be, pos0, (size_t)B * sizeof(int64_t), (void **)&dpos));
     if (mode == DG_POS_ROPE && N % 4 == 0 && al16(F(o)) && al16(F(a))) {
-        k_rope4<<<blocks_for(B * T * H * N / 4), NT, 0, c->stream>>>(
+        k_rope4<P><<<blocks_for(B * T * H * N / 4), NT, 0, c->stream>>>(
             (float4 *)F(o), (const float4 *)F(a), dpos, freq, B, T, H, N, bwd);
     } else if (mode == DG_POS_ROPE) {
-        k_rope<<<blocks_for(B * T * H * N / 2), NT, 0, c->stream>>>(F(o), F(a), dpos, freq, B, T, H,
-                                                                  N, bwd);
+        k_rope<P><<<blocks_for(B * T * H * N / 2), NT, 0, c->stream>>>(F(o), F(a), dpos, freq, B,
+                                                                     T, H, N, bwd);
     } else {
-        k_pope<<<blocks_for(B * T * H * N), NT, 0, c->stream>>>(F(o), F(a), bwd ? F(x) : NULL, dpos,
-                                                              freq, B, T, H, N, bwd);
+        k_pope<P><<<blocks_for(B * T * H * N), NT, 0, c->stream>>>(F(o), F(a), bwd ? F(x) : NULL,
+                                                                 dpos, freq, B, T, H, N, bwd);
     }
     LAUNCHED("pos");
     return 0;
+}
+
+static int cu_pos(dg_backend_t *be, dg_tensor o, dg_tensor a, dg_tensor x, const int64_t *pos0,
+                  dg_pos_mode mode, float theta, int bwd) {
+    SETDEV();
+    PROF(bwd ? "pos_bwd" : "pos_fwd");
+    int64_t B = (bwd ? x : a).ne[3];
+    double *freq;
+    RET(freq_table(be, (bwd ? x : a).ne[0], mode, theta, &freq));   /* before args_put's copy */
+    int64_t *dpos;
+    RET(args_put(be, pos0, (size_t)B * sizeof(int64_t), (void **)&dpos));
+    return pos_launch<int64_t>(be, o, a, x, dpos, mode, theta, bwd);
+}
+
+static int cu_pos_fwd_dev(dg_backend_t *be, dg_tensor out, dg_tensor inp, dg_tensor pos,
+                          dg_pos_mode mode, float theta) {
+    SETDEV();
+    PROF("pos_fwd");
+    return pos_launch<int32_t>(be, out, inp, inp, I(pos), mode, theta, 0);
 }
 
 static int cu_pos_fwd(dg_backend_t *be, dg_tensor out, dg_tensor inp, const int64_t *pos0,
@@ -1316,10 +1595,23 @@ static int cu_adamw(dg_backend_t *be, dg_tensor p, dg_tensor g, dg_tensor m, dg_
 
 typedef struct { float g[CU_MAX_HEADS]; } gamma_arr;
 
+/* The state pointers of a step: by value in the kernel parameters for up to STEP_PTRS sequences
+ * (nothing to stage, so the step can be recorded in a graph), else a device array. */
+#define STEP_PTRS 64
+struct rho_list {
+    float *p[STEP_PTRS];
+    __device__ float *operator[](int64_t i) const { return p[i]; }
+};
+struct rho_array {
+    float *const *p;
+    __device__ float *operator[](int64_t i) const { return p[i]; }
+};
+
 /* grid (nslab, H, B); each block owns STEP_SLAB rows of rho[b][h] and all D columns; it reads
  * the old row (dot with q) before writing (row + q v^T) * g. Rows with q == 0 are skipped unless
  * g != 1. Partial outputs go to part (B, H, nslab, D). */
-__global__ void k_step(float *part, float *const *rho, const float *q, const float *v,
+template <typename RP>
+__global__ void k_step(float *part, RP rho, const float *q, const float *v,
                        gamma_arr gm, int64_t H, int64_t Nq, int64_t D) {
     int64_t slab = blockIdx.x, h = blockIdx.y, b = blockIdx.z, nslab = gridDim.x;
     float g = gm.g[h];
@@ -1360,8 +1652,19 @@ __global__ void k_step(float *part, float *const *rho, const float *q, const flo
 /* The same with float4 columns: a block of 256 threads is RL = 256/(D/4) row lanes x D/4 column
  * threads; lane l handles rows n0+l, n0+l+RL, ...; partial dots are reduced over the lanes in
  * shared memory. Needs D % 4 == 0, 256 % (D/4) == 0 and 16-byte aligned rows. */
-__global__ void k_step4(float *part, float *const *rho, const float *q, const float *v,
-                        gamma_arr gm, int64_t H, int64_t Nq, int64_t D) {
+/* Lane 0's float4 plus those of lanes 1..RL-1 of the same column, in lane order. */
+__device__ __forceinline__ float4 lanes_sum(const float4 *red, float4 acc, int RL, int D4, int c4) {
+    for (int l = 1; l < RL; l++) {
+        float4 o = red[l * D4 + c4];
+        acc.x += o.x; acc.y += o.y; acc.z += o.z; acc.w += o.w;
+    }
+    return acc;
+}
+
+template <typename RP>
+__global__ void k_step4(float *part, RP rho, const float *q, const float *v,
+                        gamma_arr gm, int64_t H, int64_t Nq, int64_t D, float *out,
+                        unsigned *cnt) {
     int64_t slab = blockIdx.x, h = blockIdx.y, b = blockIdx.z, nslab = gridDim.x;
     int D4 = (int)(D / 4), RL = blockDim.x / D4;
     int lane = threadIdx.x / D4, c4 = threadIdx.x % D4;
@@ -1402,13 +1705,31 @@ __global__ void k_step4(float *part, float *const *rho, const float *q, const fl
     }
     red[threadIdx.x] = acc;
     __syncthreads();
-    if (lane == 0) {
-        for (int l = 1; l < RL; l++) {
-            float4 o = red[l * D4 + c4];
-            acc.x += o.x; acc.y += o.y; acc.z += o.z; acc.w += o.w;
-        }
-        ((float4 *)(part + ((b * H + h) * nslab + slab) * D))[c4] = acc;
+    if (lane == 0)
+        ((float4 *)(part + ((b * H + h) * nslab + slab) * D))[c4] = lanes_sum(red, acc, RL, D4, c4);
+    /* the last block of (b, h) to finish adds the slabs' partial sums, in slab order */
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&cnt[b * H + h], 1u) == (unsigned)(nslab - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float4 *pp = (const float4 *)(part + (b * H + h) * nslab * D);
+    float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int64_t k = lane; k < nslab; k += 8 * RL) {   /* 8 loads in flight, added in order */
+        float4 o[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+            o[u] = k + u * RL < nslab ? __ldcg(pp + (k + u * RL) * D4 + c4)
+                                      : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int u = 0; u < 8; u++) { t.x += o[u].x; t.y += o[u].y; t.z += o[u].z; t.w += o[u].w; }
     }
+    red[threadIdx.x] = t;
+    __syncthreads();
+    if (lane == 0) ((float4 *)(out + (b * H + h) * D))[c4] = lanes_sum(red, t, RL, D4, c4);
+    if (threadIdx.x == 0) cnt[b * H + h] = 0;
 }
 
 __global__ void k_step_red(float *out, const float *part, int64_t BH, int64_t nslab, int64_t D) {
@@ -1431,31 +1752,109 @@ static int cu_attn_step(dg_backend_t *be, int B, const dg_tensor *rho, dg_tensor
                  CU_MAX_HEADS);
         return DG_ENOTSUP;
     }
-    float **ptrs = (float **)dg_malloc((size_t)B * sizeof(float *));
-    for (int b = 0; b < B; b++) ptrs[b] = F(rho[b]);
-    void *dptr;
-    int rc = args_put(be, ptrs, (size_t)B * sizeof(float *), &dptr);
-    dg_free(ptrs);
-    RET(rc);
     gamma_arr gm;
     for (int64_t h = 0; h < H; h++) gm.g[h] = gamma[h];
     int64_t nslab = (Nq + STEP_SLAB - 1) / STEP_SLAB;
     float *part;
     RET(scratch_get(be, (size_t)B * H * nslab * D * sizeof(float), (void **)&part));
     dim3 grid((unsigned)nslab, (unsigned)H, (unsigned)B);
-    bool v4 = D % 4 == 0 && D / 4 <= NT && NT % (D / 4) == 0 && al16(F(v));
+    bool v4 = D % 4 == 0 && D / 4 <= NT && NT % (D / 4) == 0 && al16(F(v)) && al16(F(out)) &&
+              (int64_t)B * H <= CNT_STEP;
     for (int b = 0; b < B && v4; b++) v4 = al16(F(rho[b]));
-    if (v4) {
-        k_step4<<<grid, NT, 0, c->stream>>>(part, (float *const *)dptr, F(q), F(v), gm, H, Nq, D);
+    int th = D >= NT ? NT : (int)((D + 31) / 32 * 32);
+    if (B <= STEP_PTRS) {
+        rho_list rl;
+        memset(&rl, 0, sizeof rl);
+        for (int b = 0; b < B; b++) rl.p[b] = F(rho[b]);
+        if (v4) k_step4<<<grid, NT, 0, c->stream>>>(part, rl, F(q), F(v), gm, H, Nq, D, F(out),
+                                                    c->cnt);
+        else k_step<<<grid, th, 0, c->stream>>>(part, rl, F(q), F(v), gm, H, Nq, D);
     } else {
-        int th = D >= NT ? NT : (int)((D + 31) / 32 * 32);
-        k_step<<<grid, th, 0, c->stream>>>(part, (float *const *)dptr, F(q), F(v), gm, H, Nq, D);
+        float **ptrs = (float **)dg_malloc((size_t)B * sizeof(float *));
+        for (int b = 0; b < B; b++) ptrs[b] = F(rho[b]);
+        void *dptr;
+        int rc = args_put(be, ptrs, (size_t)B * sizeof(float *), &dptr);
+        dg_free(ptrs);
+        RET(rc);
+        rho_array ra = {(float *const *)dptr};
+        if (v4) k_step4<<<grid, NT, 0, c->stream>>>(part, ra, F(q), F(v), gm, H, Nq, D, F(out),
+                                                    c->cnt);
+        else k_step<<<grid, th, 0, c->stream>>>(part, ra, F(q), F(v), gm, H, Nq, D);
     }
     LAUNCHED("attn_step");
+    if (v4) return 0;   /* k_step4 reduced the slabs itself */
     k_step_red<<<blocks_for((int64_t)B * H * D), NT, 0, c->stream>>>(F(out), part, (int64_t)B * H,
                                                                      nslab, D);
     LAUNCHED("attn_step_red");
     return 0;
+}
+
+// ------------------------------------------------------------------------------------------
+// graphs: stream capture of a verb sequence (the decode step), replayed with one launch
+
+typedef struct { cudaGraphExec_t exec; uint64_t gen; } cu_graph;
+
+static int cu_graph_begin(dg_backend_t *be) {
+    SETDEV();
+    cuda_ctx *c = CTX(be);
+    if (c->prof) {   /* the profile syncs around every verb */
+        snprintf(be->errmsg, sizeof be->errmsg, "graphs are off under DG_CUDA_PROFILE");
+        return DG_ENOTSUP;
+    }
+    DG_ASSERT(!c->capturing);
+    CK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+    c->capturing = 1;
+    c->cap_err = 0;
+    return 0;
+}
+
+static int cu_graph_end(dg_backend_t *be, void **out) {
+    SETDEV();
+    cuda_ctx *c = CTX(be);
+    DG_ASSERT(c->capturing);
+    c->capturing = 0;
+    int rc = c->cap_err;
+    c->cap_err = 0;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    if (e != cudaSuccess || rc) {
+        cudaGetLastError();                       /* a failed recording is not sticky */
+        if (g) cudaGraphDestroy(g);
+        if (rc) return rc;
+        return cuda_fail(be, e, "cudaStreamEndCapture", __LINE__);
+    }
+    cudaGraphExec_t x = NULL;
+    e = cudaGraphInstantiate(&x, g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) return cuda_fail(be, e, "cudaGraphInstantiate", __LINE__);
+    cu_graph *h = (cu_graph *)dg_malloc(sizeof *h);
+    h->exec = x;
+    h->gen = c->gen;
+    *out = h;
+    return 0;
+}
+
+/* DG_ESTALE when a backend buffer the recording refers to (scratch, staging, frequency table) has
+ * been reallocated since: the caller records again. */
+static int cu_graph_launch(dg_backend_t *be, void *graph) {
+    SETDEV();
+    NO_CAPTURE("graph_launch");
+    cu_graph *h = (cu_graph *)graph;
+    if (h->gen != CTX(be)->gen) {
+        snprintf(be->errmsg, sizeof be->errmsg, "graph refers to reallocated backend buffers");
+        return DG_ESTALE;
+    }
+    CK(cudaGraphLaunch(h->exec, CTX(be)->stream));
+    return 0;
+}
+
+static void cu_graph_free(dg_backend_t *be, void *graph) {
+    cuda_ctx *c = CTX(be);
+    if (!graph || !c) return;
+    cudaSetDevice(c->device);
+    cudaStreamSynchronize(c->stream);   /* a queued launch may still run it */
+    cudaGraphExecDestroy(((cu_graph *)graph)->exec);
+    dg_free(graph);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1546,6 +1945,11 @@ static dg_backend_iface make_iface(void) {
     i.xent = cu_xent;
     i.adamw = cu_adamw;
     i.attn_step = cu_attn_step;
+    i.pos_fwd_dev = cu_pos_fwd_dev;
+    i.graph_begin = cu_graph_begin;
+    i.graph_end = cu_graph_end;
+    i.graph_launch = cu_graph_launch;
+    i.graph_free = cu_graph_free;
     i.devices = cu_devices;
     return i;
 }

@@ -64,6 +64,17 @@ static int32_t *corpus(int64_t n) {
     return t;
 }
 
+/* A backend and a model on it holding params. */
+static void open_model(const char *backend, const dg_model_config *cfg, const float *params,
+                       dg_backend_t **be, dg_model_t **m) {
+    dg_backend_params bp = {0};
+    *be = NULL;
+    *m = NULL;
+    ck_assert_int_eq(dg_backend_open(backend, &bp, be), 0);
+    ck_assert_int_eq(dg_model_create(*be, cfg, m), 0);
+    ck_assert_int_eq(dg_model_set_params(*m, params), 0);
+}
+
 typedef struct {
     float losses[STEPS];
     float eval_loss;
@@ -72,12 +83,9 @@ typedef struct {
 
 static void train(const char *backend, const dg_model_config *cfg, const float *p0,
                   const int32_t *tok, train_out *o) {
-    dg_backend_t *be = NULL;
-    dg_backend_params bp = {0};
-    ck_assert_int_eq(dg_backend_open(backend, &bp, &be), 0);
-    dg_model_t *m = NULL;
-    ck_assert_int_eq(dg_model_create(be, cfg, &m), 0);
-    ck_assert_int_eq(dg_model_set_params(m, p0), 0);
+    dg_backend_t *be;
+    dg_model_t *m;
+    open_model(backend, cfg, p0, &be, &m);
     ck_assert_int_eq(dg_model_alloc_train(m, BATCH, BLOCK, 0), 0);
     int64_t np = dg_model_n_params(cfg);
     dg_buf_t *mb = NULL, *vb = NULL;
@@ -161,12 +169,9 @@ END_TEST
 #define GEN  48
 static void decode(const char *backend, const dg_model_config *cfg, const float *params,
                    const int32_t *tok, int32_t out[NSEQ][GEN], float *margin_min) {
-    dg_backend_t *be = NULL;
-    dg_backend_params bp = {0};
-    ck_assert_int_eq(dg_backend_open(backend, &bp, &be), 0);
-    dg_model_t *m = NULL;
-    ck_assert_int_eq(dg_model_create(be, cfg, &m), 0);
-    ck_assert_int_eq(dg_model_set_params(m, params), 0);
+    dg_backend_t *be;
+    dg_model_t *m;
+    open_model(backend, cfg, params, &be, &m);
     dg_infer_t *ix = NULL;
     ck_assert_int_eq(dg_infer_create(m, NSEQ, 64, &ix), 0);
     dg_state_t *st[NSEQ];
@@ -238,12 +243,131 @@ START_TEST(test_decode_greedy) {
 }
 END_TEST
 
+/* ---- recorded decode steps (graphs) against verb-by-verb steps ---- */
+
+#define GSTEPS 30
+#define GMAXT  64
+
+/* 30 steps of NSEQ sequences fed fixed tokens: steps 10..19 run sequences {0, 2} only, and
+ * before step 15 a positional verb with another theta rebuilds the backend's frequency table
+ * (the recorded graph goes stale and must be recorded again). trace gets every step's logits. */
+static void decode_trace(const char *backend, const dg_model_config *cfg, const float *params,
+                         const int32_t *tok, bool graphs, float *trace, int64_t *gsteps,
+                         int64_t *grecs) {
+    dg_backend_t *be;
+    dg_model_t *m;
+    open_model(backend, cfg, params, &be, &m);
+    if (!graphs) setenv("DG_DECODE_GRAPH", "0", 1);
+    dg_infer_t *ix = NULL;
+    ck_assert_int_eq(dg_infer_create(m, NSEQ, GMAXT, &ix), 0);
+    unsetenv("DG_DECODE_GRAPH");
+    dg_state_t *st[NSEQ];
+    float *logits = dg_malloc(NSEQ * VOCAB * 4);
+    for (int s = 0; s < NSEQ; s++) {
+        ck_assert_int_eq(dg_state_create(m, &st[s]), 0);
+        ck_assert_int_eq(dg_infer_prefill(ix, st[s], tok + 7000 + 211 * s, 5 + 9 * s, logits), 0);
+    }
+    dg_buf_t *pb = NULL;
+    ck_assert_int_eq(dg_buf_alloc(be, 2 * 8 * 4, &pb), 0);
+    ck_assert_int_eq(dg_fill(be, dg_t1(pb, 0, 16), 0.5f), 0);
+    memset(trace, 0, (size_t)GSTEPS * NSEQ * VOCAB * 4);
+    for (int i = 0; i < GSTEPS; i++) {
+        if (i == 15) {
+            int64_t p0 = 3;
+            ck_assert_int_eq(dg_pos_fwd(be, dg_t4(pb, 32, 1, 1, 1, 8), dg_t4(pb, 0, 1, 1, 1, 8), &p0,
+                                        DG_POS_ROPE, 7.0f), 0);
+        }
+        bool two = i >= 10 && i < 20;
+        dg_state_t *set[NSEQ];
+        int32_t cur[NSEQ];
+        int B = 0;
+        for (int s = 0; s < NSEQ; s++) {
+            if (two && (s & 1)) continue;
+            set[B] = st[s];
+            cur[B] = tok[9000 + 37 * i + s];
+            B++;
+        }
+        ck_assert_int_eq(dg_infer_step(ix, B, set, cur, logits), 0);
+        for (int b = 0, s = 0; s < NSEQ; s++) {
+            if (two && (s & 1)) continue;
+            memcpy(trace + ((size_t)i * NSEQ + s) * VOCAB, logits + (size_t)b * VOCAB, VOCAB * 4);
+            b++;
+        }
+    }
+    *gsteps = dg_infer_graph_steps(ix);
+    *grecs = dg_infer_graph_records(ix);
+    dg_buf_free(be, pb);
+    for (int s = 0; s < NSEQ; s++) dg_state_free(st[s]);
+    dg_free(logits);
+    dg_infer_free(ix);
+    dg_model_free(m);
+    dg_backend_close(be);
+}
+
+START_TEST(test_decode_graph) {
+    if (!have_cuda("decode_graph")) return;
+    int32_t *tok = corpus(20000);
+    static const dg_pos_mode modes[] = {DG_POS_ROPE, DG_POS_POPE, DG_POS_ALIBI};
+    static const char *names[] = {"rope", "pope", "alibi"};
+    size_t tn = (size_t)GSTEPS * NSEQ * VOCAB;
+    float *eager = dg_malloc(tn * 4), *graph = dg_malloc(tn * 4), *cpu = dg_malloc(tn * 4);
+    for (int k = 0; k < 3; k++) {
+        dg_model_config cfg;
+        base_config(&cfg, 0.0f);
+        cfg.positional = modes[k];
+        char err[256];
+        ck_assert_msg(dg_model_config_validate(&cfg, err, sizeof err) == 0, "%s", err);
+        dg_backend_t *be = NULL;
+        dg_backend_params bp = {0};
+        ck_assert_int_eq(dg_backend_open("cpu", &bp, &be), 0);
+        dg_model_t *m = NULL;
+        ck_assert_int_eq(dg_model_create(be, &cfg, &m), 0);
+        ck_assert_int_eq(dg_model_init_params(m, 11 + k), 0);
+        float *p = dg_malloc((size_t)dg_model_n_params(&cfg) * 4);
+        ck_assert_int_eq(dg_model_get_params(m, p), 0);
+        dg_model_free(m);
+        dg_backend_close(be);
+
+        int64_t gs0, gr0, gs1, gr1, gs2, gr2;
+        decode_trace("cpu", &cfg, p, tok, true, cpu, &gs2, &gr2);
+        decode_trace(gpu_name(), &cfg, p, tok, false, eager, &gs0, &gr0);
+        decode_trace(gpu_name(), &cfg, p, tok, true, graph, &gs1, &gr1);
+        double worst = 0, worst_cpu = 0, scale = 0;
+        size_t bits = 0;
+        for (size_t i = 0; i < tn; i++) {
+            double d = fabs((double)eager[i] - graph[i]);
+            if (d > worst) worst = d;
+            double dc = fabs((double)cpu[i] - graph[i]);
+            if (dc > worst_cpu) worst_cpu = dc;
+            if (fabs(cpu[i]) > scale) scale = fabs(cpu[i]);
+            bits += memcmp(&eager[i], &graph[i], 4) == 0;
+        }
+        printf("  %s: graph steps %lld of %d, %lld recordings (verb by verb: %lld); logits graph vs "
+               "verb by verb: max |diff| %.3g, %zu/%zu bit-identical; graph vs cpu max |diff| %.3g "
+               "(max |logit| %.3g)\n", names[k], (long long)gs1, GSTEPS, (long long)gr1,
+               (long long)gs0, worst, bits, tn, worst_cpu, scale);
+        ck_assert_int_eq(gs0, 0);
+        ck_assert_int_eq(gs2, 0);
+        if (strcmp(gpu_name(), "cpu")) {
+            /* steps 1-9, 11-14, 16-19 (15 is stale: verb by verb, then recorded again), 21-29 */
+            ck_assert_int_eq(gs1, 26);
+            ck_assert_int_eq(gr1, 4);
+        }
+        ck_assert_msg(worst <= 1e-5 * (scale > 1 ? scale : 1), "graph and verb-by-verb decode differ");
+        ck_assert_msg(worst_cpu <= 2e-2 * (scale > 1 ? scale : 1), "gpu decode far from cpu");
+        dg_free(p);
+    }
+    dg_free(eager); dg_free(graph); dg_free(cpu); dg_free(tok);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("cuda_model");
     TCase *tc = tcase_create("model");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_train_10_steps);
     tcase_add_test(tc, test_decode_greedy);
+    tcase_add_test(tc, test_decode_graph);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -176,6 +176,12 @@ START_TEST(test_gemm) {
         {3, 512, 1000, 2, true, false, 0.5f, 1.0f, 0},
         {8, 256, 4096, 1, false, false, 1.0f, 0.0f, 0},
         {1, 8192, 256, 4, false, false, 1.0f, 0.0f, 0, true},
+        /* the few-row kernel (M <= 8, N % 4 == 0): one K slice and many, alpha/beta, padding */
+        {1, 256, 32768, 1, false, false, 1.0f, 0.0f, 0},
+        {2, 256, 8192, 1, false, false, 0.5f, 1.0f, 4},
+        {5, 1024, 256, 3, false, false, 1.0f, 0.0f, 0, true},
+        {8, 512, 700, 2, false, false, 1.0f, 1.0f, 4},
+        {3, 12, 5, 2, false, false, 2.0f, 0.0f, 0},
         /* output-dominated shapes: the backend stages the operands as dense bf16 */
         {4096, 2048, 64, 1, false, false, 1.0f, 0.0f, 0},
         {2048, 1024, 32, 3, false, true, 1.0f, 1.0f, 4, true},
@@ -186,7 +192,12 @@ START_TEST(test_gemm) {
         int64_t br = g.tb ? g.N : g.K, bc = g.tb ? g.K : g.N;
         int64_t lda = ac + g.pad, ldb = bc + g.pad, ldc = g.N + g.pad;
         int64_t sa = ar * lda, sb = br * ldb, sc = g.M * ldc;
-        pair_t A = prand(g.shareA ? sa : sa * g.batch, -1, 1), Bm = prand(sb * g.batch, -1, 1);
+        /* few-row shapes get a mostly-zero A, as the decoder's input is (ReLU products) */
+        float *ha = rnd(g.shareA ? sa : sa * g.batch, -1, 1);
+        if (g.M <= 8)
+            for (int64_t i = 0; i < (g.shareA ? sa : sa * g.batch); i++) ha[i] = ha[i] > 0.4f ? ha[i] : 0;
+        pair_t A = pnew(g.shareA ? sa : sa * g.batch, ha), Bm = prand(sb * g.batch, -1, 1);
+        dg_free(ha);
         pair_t C = g.beta != 0 ? prand(sc * g.batch, -1, 1) : pnew(sc * g.batch, NULL);
         for (int side = 0; side < 2; side++) {
             dg_backend_t *be = side ? CU : REF;
@@ -345,6 +356,16 @@ START_TEST(test_pos) {
             ck_assert_int_eq(dg_pos_fwd(CU, shp(TC(o), B, T, H, Nq), shp(TC(x), B, T, H, N), pos0,
                                         mode, 65536.0f), 0);
             pcmp(o, TOL32, mi ? "pos_fwd pope" : "pos_fwd rope");
+            /* the same with the positions in a device tensor (recorded decode steps) */
+            int32_t p32[3] = {(int32_t)pos0[0], (int32_t)pos0[1], (int32_t)pos0[2]};
+            pair_t pd = pints(B, 0, 1), o2 = pnew(B * T * H * Nq, NULL);
+            ck_assert_int_eq(dg_set(CU, IC(pd), p32), 0);
+            ck_assert_int_eq(dg_pos_fwd(REF, shp(TR(o2), B, T, H, Nq), shp(TR(x), B, T, H, N),
+                                        pos0, mode, 65536.0f), 0);
+            ck_assert_int_eq(dg_pos_fwd_dev(CU, shp(TC(o2), B, T, H, Nq), shp(TC(x), B, T, H, N),
+                                            dg_t_i32(pd.c, 0, B), mode, 65536.0f), 0);
+            pcmp(o2, TOL32, mi ? "pos_fwd_dev pope" : "pos_fwd_dev rope");
+            pfree(&pd); pfree(&o2);
             pair_t dout = prand(B * T * H * Nq, -1, 1), dx = prand(B * T * H * N, -1, 1);
             ck_assert_int_eq(dg_pos_bwd(REF, shp(TR(dx), B, T, H, N), shp(TR(dout), B, T, H, Nq),
                                         shp(TR(x), B, T, H, N), pos0, mode, 65536.0f), 0);
@@ -506,6 +527,120 @@ START_TEST(test_attn_step) {
 }
 END_TEST
 
+/* More sequences than the kernel parameters carry (STEP_PTRS = 64): the pointers are staged. */
+START_TEST(test_attn_step_many) {
+    if (!open_both("attn_step_many")) return;
+    enum { B = 70 };
+    int64_t H = 2, Nq = 64, D = 32;
+    float gamma[2] = {0.97f, 1.0f};
+    static pair_t rho[B];
+    static dg_tensor vr[B], vc[B];
+    for (int b = 0; b < B; b++) {
+        rho[b] = prand(H * Nq * D, -1, 1);
+        vr[b] = shp(TR(rho[b]), 1, H, Nq, D);
+        vc[b] = shp(TC(rho[b]), 1, H, Nq, D);
+    }
+    float *hq = rnd((int64_t)B * H * Nq, -1, 1);
+    for (int64_t i = 0; i < (int64_t)B * H * Nq; i++) hq[i] = hq[i] > 0.3f ? hq[i] : 0;
+    pair_t q = pnew((int64_t)B * H * Nq, hq);
+    dg_free(hq);
+    pair_t v = prand((int64_t)B * D, -1, 1), out = pnew((int64_t)B * H * D, NULL);
+    for (int it = 0; it < 2; it++) {
+        ck_assert_int_eq(dg_attn_step(REF, B, vr, dg_t3(out.r, 0, B, H, D), dg_t3(q.r, 0, B, H, Nq),
+                                      dg_t2(v.r, 0, B, D), gamma), 0);
+        ck_assert_int_eq(dg_attn_step(CU, B, vc, dg_t3(out.c, 0, B, H, D), dg_t3(q.c, 0, B, H, Nq),
+                                      dg_t2(v.c, 0, B, D), gamma), 0);
+    }
+    pcmp(out, TOL32, "attn_step out (70 sequences)");
+    for (int b = 0; b < B; b++) pcmp(rho[b], TOL32, "attn_step rho (70 sequences)");
+    for (int b = 0; b < B; b++) pfree(&rho[b]);
+    pfree(&q); pfree(&v); pfree(&out);
+    close_both();
+}
+END_TEST
+
+/* Graphs: a recorded pos_fwd_dev -> relu -> attn_step sequence runs nothing while recorded, then
+ * each launch equals ref run verb by verb with the positions uploaded before it; host-bound verbs
+ * are refused while recording; a graph whose backend buffers moved reports DG_ESTALE. */
+START_TEST(test_graph) {
+    if (!open_both("graph")) return;
+    ck_assert(dg_has_graphs(CU));
+    enum { B = 3 };
+    int64_t H = 2, N = 128, D = 64;
+    float gamma[2] = {1.0f, 1.0f};
+    pair_t x = prand(B * H * N, -1, 1), o = pnew(B * H * N, NULL);
+    pair_t v = prand(B * D, -1, 1), out = pnew(B * H * D, NULL);
+    pair_t rho[B];
+    dg_tensor vr[B], vc[B];
+    for (int b = 0; b < B; b++) {
+        rho[b] = prand(H * N * D, -1, 1);
+        vr[b] = shp(TR(rho[b]), 1, H, N, D);
+        vc[b] = shp(TC(rho[b]), 1, H, N, D);
+    }
+    pair_t pos = pints(B, 0, 10);
+    /* warm: the frequency table and the scratch are sized verb by verb first */
+    int32_t p32[B] = {0, 0, 0};
+    ck_assert_int_eq(dg_pos_fwd_dev(CU, shp(TC(o), B, 1, H, N), shp(TC(x), B, 1, H, N), IC(pos),
+                                    DG_POS_ROPE, 65536.0f), 0);
+    pair_t junk = pnew(B * H * D, NULL);
+    static pair_t jr[B];
+    dg_tensor jc[B];
+    for (int b = 0; b < B; b++) { jr[b] = pnew(H * N * D, NULL); jc[b] = shp(TC(jr[b]), 1, H, N, D); }
+    ck_assert_int_eq(dg_attn_step(CU, B, jc, dg_t3(junk.c, 0, B, H, D), shp(TC(x), B, 1, H, N),
+                                  dg_t2(v.c, 0, B, D), gamma), 0);
+    ck_assert_int_eq(dg_fill(CU, TC(o), NAN), 0);
+
+    void *g = NULL;
+    ck_assert_int_eq(dg_graph_begin(CU), 0);
+    ck_assert_int_eq(dg_pos_fwd_dev(CU, shp(TC(o), B, 1, H, N), shp(TC(x), B, 1, H, N), IC(pos),
+                                    DG_POS_ROPE, 65536.0f), 0);
+    ck_assert_int_eq(dg_relu_fwd(CU, TC(o), TC(o), 0.0f), 0);
+    ck_assert_int_eq(dg_attn_step(CU, B, vc, dg_t3(out.c, 0, B, H, D), shp(TC(o), B, 1, H, N),
+                                  dg_t2(v.c, 0, B, D), gamma), 0);
+    ck_assert_int_eq(dg_graph_end(CU, &g), 0);
+    ck_assert_ptr_nonnull(g);
+    float *ho = dg_malloc((size_t)B * H * D * 4);
+    ck_assert_int_eq(dg_get(CU, ho, TC(out)), 0);
+    for (int64_t i = 0; i < B * H * D; i++) ck_assert_msg(isnan(ho[i]), "recording ran the verbs");
+    dg_free(ho);
+    for (int it = 0; it < 3; it++) {
+        int64_t p64[B];
+        for (int b = 0; b < B; b++) { p32[b] = 5 + 1000 * it + 17 * b; p64[b] = p32[b]; }
+        ck_assert_int_eq(dg_set(CU, IC(pos), p32), 0);
+        ck_assert_int_eq(dg_graph_launch(CU, g), 0);
+        ck_assert_int_eq(dg_pos_fwd(REF, shp(TR(o), B, 1, H, N), shp(TR(x), B, 1, H, N), p64,
+                                    DG_POS_ROPE, 65536.0f), 0);
+        ck_assert_int_eq(dg_relu_fwd(REF, TR(o), TR(o), 0.0f), 0);
+        ck_assert_int_eq(dg_attn_step(REF, B, vr, dg_t3(out.r, 0, B, H, D), shp(TR(o), B, 1, H, N),
+                                      dg_t2(v.r, 0, B, D), gamma), 0);
+    }
+    pcmp(o, TOL32, "graph: pos_fwd_dev + relu (3rd launch)");
+    pcmp(out, TOL32, "graph: attn_step out (3rd launch)");
+    for (int b = 0; b < B; b++) pcmp(rho[b], TOL32, "graph: attn_step rho (3 launches)");
+
+    /* host-bound verbs are refused while recording, and the recording reports it */
+    float one;
+    void *g2 = NULL;
+    ck_assert_int_eq(dg_graph_begin(CU), 0);
+    ck_assert_int_eq(dg_get(CU, &one, dg_t1(x.c, 0, 1)), DG_ENOTSUP);
+    ck_assert_int_eq(dg_graph_end(CU, &g2), DG_ENOTSUP);
+    ck_assert_ptr_null(g2);
+    ck_assert_int_eq(dg_get(CU, &one, dg_t1(x.c, 0, 1)), 0);   /* the stream works again */
+
+    /* a rebuilt frequency table makes the graph stale */
+    int64_t q0 = 0;
+    ck_assert_int_eq(dg_pos_fwd(CU, shp(TC(o), 1, 1, 1, 8), shp(TC(x), 1, 1, 1, 8), &q0,
+                                DG_POS_ROPE, 7.0f), 0);
+    ck_assert_int_eq(dg_graph_launch(CU, g), DG_ESTALE);
+    printf("  graph: recorded 3 verbs, 3 launches equal ref; get refused while recording; stale "
+           "graph reported\n");
+    dg_graph_free(CU, g);
+    for (int b = 0; b < B; b++) { pfree(&rho[b]); pfree(&jr[b]); }
+    pfree(&x); pfree(&o); pfree(&v); pfree(&out); pfree(&pos); pfree(&junk);
+    close_both();
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("cuda_ops");
     TCase *tc = tcase_create("ops");
@@ -520,6 +655,8 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_xent);
     tcase_add_test(tc, test_adamw);
     tcase_add_test(tc, test_attn_step);
+    tcase_add_test(tc, test_attn_step_many);
+    tcase_add_test(tc, test_graph);
     suite_add_tcase(s, tc);
     return s;
 }
