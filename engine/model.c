@@ -1133,13 +1133,12 @@ static void graph_drop(dg_infer_t *ix) {
     ix->graph = NULL;
 }
 
-/* A decode step through a recorded graph: the step's tokens and positions go up in one copy,
- * one launch runs every verb, the logits come back. The graph is recorded on the second
- * consecutive step with the same sequences (the first, run verb by verb, sizes every backend
- * buffer); a different set of sequences records again. Returns 1 when the step should run verb
- * by verb instead (nothing has been changed then). */
-static int step_graph(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tokens,
-                      float *logits_out) {
+/* The verbs of a decode step through a recorded graph: the step's tokens and positions go up in
+ * one copy and one launch runs every verb, leaving the logits on the device. The graph is
+ * recorded on the second consecutive step with the same sequences (the first, run verb by verb,
+ * sizes every backend buffer); a different set of sequences records again. Returns 1 when the
+ * step should run verb by verb instead (nothing has been changed then). */
+static int step_graph(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tokens) {
     dg_model_t *m = ix->m;
     dg_backend_t *be = m->be;
     if (!graph_key_same(ix, B, states)) {
@@ -1185,8 +1184,7 @@ static int step_graph(dg_infer_t *ix, int B, dg_state_t **states, const int32_t 
     }
     RC(rc);
     ix->g_steps++;
-    for (int b = 0; b < B; b++) states[b]->pos++;
-    return logits_out ? dg_get(be, logits_out, rows(ix->logits, B)) : 0;
+    return 0;
 }
 
 int64_t dg_infer_graph_steps(const dg_infer_t *ix) { return ix->g_steps; }
@@ -1200,13 +1198,13 @@ int dg_infer_step(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tok
     RC(check_tokens(m, tokens, B));
     if (!dg_has_attn_step_lazy(m->be))
         for (int b = 0; b < B; b++) RC(state_normalize(states[b]));
-    if (!ix->g_off) {
-        int rc = step_graph(ix, B, states, tokens, logits_out);
-        if (rc <= 0) return rc;
+    int rc = ix->g_off ? 1 : step_graph(ix, B, states, tokens);
+    if (rc < 0) return rc;
+    if (rc == 1) {
+        dg_tensor tok = dg_t_i32(ix->tok.buf, ix->tok.offs, B);
+        RC(dg_set(m->be, tok, tokens));
+        RC(step_verbs(ix, B, states, tok, dg_t_null()));
     }
-    dg_tensor tok = dg_t_i32(ix->tok.buf, ix->tok.offs, B);
-    RC(dg_set(m->be, tok, tokens));
-    RC(step_verbs(ix, B, states, tok, dg_t_null()));
     for (int b = 0; b < B; b++) states[b]->pos++;
     return logits_out ? dg_get(m->be, logits_out, rows(ix->logits, B)) : 0;
 }

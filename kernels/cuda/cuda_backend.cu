@@ -309,13 +309,14 @@ static int cu_init(dg_backend_t *be, const dg_backend_params *p) {
         return rc;
     }
     cudaDeviceProp prop;
-    c->nsm = 132;
-    if (cudaGetDeviceProperties(&prop, c->device) == cudaSuccess) c->nsm = prop.multiProcessorCount;
-    if (cudaGetDeviceProperties(&prop, c->device) == cudaSuccess)
+    c->nsm = 132;                 /* an H100's, should the query fail */
+    if (cudaGetDeviceProperties(&prop, c->device) == cudaSuccess) {
+        c->nsm = prop.multiProcessorCount;
         DG_INFO("cuda: device %d: %s, %.1f GiB, sm_%d%d, gemm %s", c->device, prop.name,
                 prop.totalGlobalMem / 1073741824.0, prop.major, prop.minor,
                 c->compute == CUBLAS_COMPUTE_32F_FAST_16BF ? "bf16 tensor cores (fp32 acc)" :
                 c->compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? "tf32 tensor cores" : "fp32");
+    }
     return 0;
 }
 
@@ -500,20 +501,12 @@ static int gemm_staged(dg_backend_t *be, const dg_gemm_desc *d) {
 #define GV_MAXM  8
 #define GV_KB    512
 
-/* A lane's columns of one B row: 4 f32 (one float4 load). */
-template <typename WT> struct gv_w;
-template <> struct gv_w<float> {
-    static const int NC = 4;
-    __device__ static void load(float *w, const float *row, int64_t col) {
-        float4 v = __ldg((const float4 *)(row + col));
-        w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
-    }
-};
+#define GV_NC    4                /* columns per lane: one float4 */
 /* Lane `lane` of every warp has put its NC column sums in red[warp]; warp 0 adds them in warp
  * order and writes alpha * sum + beta * C to C, or the plain sum to part when part is set.
  * Callers sync before (red filled) and after (red reused). */
 template <int NC>
-__device__ __forceinline__ void gv_emit(float (*red)[32 * 8], int warp, int lane, bool colok,
+__device__ __forceinline__ void gv_emit(float (*red)[32 * GV_NC], int warp, int lane, bool colok,
                                         float *c, float alpha, float beta, float *part) {
     if (warp != 0 || !colok) return;
 #pragma unroll
@@ -525,18 +518,18 @@ __device__ __forceinline__ void gv_emit(float (*red)[32 * 8], int warp, int lane
     }
 }
 
-template <int M, typename WT>
+template <int M>
 __global__ void __launch_bounds__(GV_WARPS * 32)
-k_gemv(const float *A, int64_t lda, int64_t sA, const WT *B, int64_t ldb, int64_t sB,
+k_gemv(const float *A, int64_t lda, int64_t sA, const float *B, int64_t ldb, int64_t sB,
        float *C, int64_t ldc, int64_t sC, int64_t N, int64_t K, int64_t KB, float alpha,
        float beta, float *part, int64_t batch, unsigned *cnt) {
-    const int NC = gv_w<WT>::NC;
+    const int NC = GV_NC;
     int64_t tile = blockIdx.x, sl = blockIdx.y, bi = blockIdx.z;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int64_t k0 = sl * KB, kn = K - k0 < KB ? K - k0 : KB;
     __shared__ float as[GV_MAXM * GV_KB];
     __shared__ unsigned char live[GV_KB];
-    __shared__ float red[GV_WARPS][32 * 8];
+    __shared__ float red[GV_WARPS][32 * GV_NC];
     const float *Ab = A + bi * sA;
     for (int64_t k = threadIdx.x; k < kn; k += blockDim.x) {
         bool any = false;
@@ -551,7 +544,7 @@ k_gemv(const float *A, int64_t lda, int64_t sA, const WT *B, int64_t ldb, int64_
     __syncthreads();
     int64_t col = (tile * 32 + lane) * NC;      /* first of this lane's NC columns */
     bool colok = col < N;
-    const WT *Bp = B + bi * sB + k0 * ldb;
+    const float *Bp = B + bi * sB + k0 * ldb;
     float acc[M][NC];
 #pragma unroll
     for (int m = 0; m < M; m++)
@@ -563,10 +556,9 @@ k_gemv(const float *A, int64_t lda, int64_t sA, const WT *B, int64_t ldb, int64_
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int64_t k = kk + (int64_t)u * GV_WARPS;
-            if (k < kn && live[k] && colok) gv_w<WT>::load(w[u], Bp + k * ldb, col);
-            else
-#pragma unroll
-                for (int j = 0; j < NC; j++) w[u][j] = 0.f;
+            float4 b4 = k < kn && live[k] && colok ? __ldg((const float4 *)(Bp + k * ldb + col))
+                                                   : make_float4(0.f, 0.f, 0.f, 0.f);
+            w[u][0] = b4.x; w[u][1] = b4.y; w[u][2] = b4.z; w[u][3] = b4.w;
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -638,8 +630,8 @@ k_gemv(const float *A, int64_t lda, int64_t sA, const WT *B, int64_t ldb, int64_
 static int gemm_few_rows(dg_backend_t *be, const dg_gemm_desc *d) {
     cuda_ctx *c = CTX(be);
     if (!c->gemv_on || d->M > GV_MAXM || d->A.trans || d->B.trans) return 1;
-    const int NC = gv_w<float>::NC;
-    void *B = (char *)d->B.buf->data + d->B.offs;
+    const int NC = GV_NC;
+    const float *B = FM(d->B);
     float *C = FM(d->C);
     bool ok = d->N % NC == 0 && d->B.ld % NC == 0 && d->B.bstride % NC == 0 && al16(B) &&
               d->K >= 1;
@@ -655,12 +647,10 @@ static int gemm_few_rows(dg_backend_t *be, const dg_gemm_desc *d) {
     if (S > 1)
         RET(scratch_get(be, (size_t)(S * d->batch * d->M * d->N) * sizeof(float), (void **)&part));
     dim3 grid((unsigned)tiles, (unsigned)S, (unsigned)d->batch);
-#define GV(MM, WT) k_gemv<MM, WT><<<grid, GV_WARPS * 32, 0, c->stream>>>(FM(d->A), d->A.ld, \
-        d->A.bstride, (const WT *)B, d->B.ld, d->B.bstride, C, d->C.ld, d->C.bstride, d->N, d->K, \
-        KB, d->alpha, d->beta, part, d->batch, c->cnt + CNT_STEP)
-#define GVM(MM) case MM: GV(MM, float); break;
-    switch (d->M) { GVM(1) GVM(2) GVM(3) GVM(4) GVM(5) GVM(6) GVM(7) default: GVM(8) }
-#undef GVM
+#define GV(MM) case MM: k_gemv<MM><<<grid, GV_WARPS * 32, 0, c->stream>>>(FM(d->A), d->A.ld, \
+        d->A.bstride, B, d->B.ld, d->B.bstride, C, d->C.ld, d->C.bstride, d->N, d->K, KB, \
+        d->alpha, d->beta, part, d->batch, c->cnt + CNT_STEP); break;
+    switch (d->M) { GV(1) GV(2) GV(3) GV(4) GV(5) GV(6) GV(7) default: GV(8) }
 #undef GV
     LAUNCHED("gemv");
     return 0;
@@ -1309,8 +1299,6 @@ static int cu_pos(dg_backend_t *be, dg_tensor o, dg_tensor a, dg_tensor x, const
     SETDEV();
     PROF(bwd ? "pos_bwd" : "pos_fwd");
     int64_t B = (bwd ? x : a).ne[3];
-    double *freq;
-    RET(freq_table(be, (bwd ? x : a).ne[0], mode, theta, &freq));   /* before args_put's copy */
     int64_t *dpos;
     RET(args_put(be, pos0, (size_t)B * sizeof(int64_t), (void **)&dpos));
     return pos_launch<int64_t>(be, o, a, x, dpos, mode, theta, bwd);
@@ -1741,6 +1729,19 @@ __global__ void k_step_red(float *out, const float *part, int64_t BH, int64_t ns
     }
 }
 
+/* k_step4 (float4 rows, slab sums in its last block) or k_step (partials for k_step_red) */
+template <typename RP>
+static void step_launch(cuda_ctx *c, dim3 grid, bool v4, float *part, RP rho, dg_tensor q,
+                        dg_tensor v, gamma_arr gm, int64_t H, int64_t Nq, int64_t D,
+                        dg_tensor out) {
+    if (v4) {
+        k_step4<<<grid, NT, 0, c->stream>>>(part, rho, F(q), F(v), gm, H, Nq, D, F(out), c->cnt);
+    } else {
+        int th = D >= NT ? NT : (int)((D + 31) / 32 * 32);
+        k_step<<<grid, th, 0, c->stream>>>(part, rho, F(q), F(v), gm, H, Nq, D);
+    }
+}
+
 static int cu_attn_step(dg_backend_t *be, int B, const dg_tensor *rho, dg_tensor out, dg_tensor q,
                         dg_tensor v, const float *gamma) {
     SETDEV();
@@ -1761,14 +1762,11 @@ static int cu_attn_step(dg_backend_t *be, int B, const dg_tensor *rho, dg_tensor
     bool v4 = D % 4 == 0 && D / 4 <= NT && NT % (D / 4) == 0 && al16(F(v)) && al16(F(out)) &&
               (int64_t)B * H <= CNT_STEP;
     for (int b = 0; b < B && v4; b++) v4 = al16(F(rho[b]));
-    int th = D >= NT ? NT : (int)((D + 31) / 32 * 32);
     if (B <= STEP_PTRS) {
         rho_list rl;
         memset(&rl, 0, sizeof rl);
         for (int b = 0; b < B; b++) rl.p[b] = F(rho[b]);
-        if (v4) k_step4<<<grid, NT, 0, c->stream>>>(part, rl, F(q), F(v), gm, H, Nq, D, F(out),
-                                                    c->cnt);
-        else k_step<<<grid, th, 0, c->stream>>>(part, rl, F(q), F(v), gm, H, Nq, D);
+        step_launch(c, grid, v4, part, rl, q, v, gm, H, Nq, D, out);
     } else {
         float **ptrs = (float **)dg_malloc((size_t)B * sizeof(float *));
         for (int b = 0; b < B; b++) ptrs[b] = F(rho[b]);
@@ -1777,9 +1775,7 @@ static int cu_attn_step(dg_backend_t *be, int B, const dg_tensor *rho, dg_tensor
         dg_free(ptrs);
         RET(rc);
         rho_array ra = {(float *const *)dptr};
-        if (v4) k_step4<<<grid, NT, 0, c->stream>>>(part, ra, F(q), F(v), gm, H, Nq, D, F(out),
-                                                    c->cnt);
-        else k_step<<<grid, th, 0, c->stream>>>(part, ra, F(q), F(v), gm, H, Nq, D);
+        step_launch(c, grid, v4, part, ra, q, v, gm, H, Nq, D, out);
     }
     LAUNCHED("attn_step");
     if (v4) return 0;   /* k_step4 reduced the slabs itself */

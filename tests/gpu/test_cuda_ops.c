@@ -484,64 +484,22 @@ START_TEST(test_adamw) {
 }
 END_TEST
 
-START_TEST(test_attn_step) {
-    if (!open_both("attn_step")) return;
-    const int64_t shapes[][4] = {{3, 2, 130, 40}, {1, 4, 8192, 256}, {5, 1, 64, 300},
-                                 {4, 2, 200, 64}};
-    for (int s = 0; s < 4; s++) {
-        for (int decay = 0; decay < 2; decay++) {
-            int B = (int)shapes[s][0];
-            int64_t H = shapes[s][1], Nq = shapes[s][2], D = shapes[s][3];
-            float gamma[4];
-            for (int h = 0; h < H; h++) gamma[h] = decay ? expf(-powf(2.0f, -(float)h / H)) : 1.0f;
-            /* each sequence's state in its own buffer, at an offset */
-            pair_t rho[5];
-            dg_tensor vr[5], vc[5];
-            for (int b = 0; b < B; b++) {
-                float *h = rnd(H * Nq * D, -1, 1);
-                rho[b] = pnew_off(H * Nq * D, h, 256 * (size_t)b);
-                dg_free(h);
-                vr[b] = shp(TR(rho[b]), 1, H, Nq, D);
-                vc[b] = shp(TC(rho[b]), 1, H, Nq, D);
-            }
-            float *hq = rnd((int64_t)B * H * Nq, -1, 1);   /* ~80% zero rows */
-            for (int64_t i = 0; i < (int64_t)B * H * Nq; i++) hq[i] = hq[i] > 0.6f ? hq[i] : 0;
-            pair_t q = pnew((int64_t)B * H * Nq, hq);
-            dg_free(hq);
-            pair_t v = prand((int64_t)B * D, -1, 1), out = pnew((int64_t)B * H * D, NULL);
-            for (int it = 0; it < 2; it++) {   /* two steps: the second reads the first's write */
-                ck_assert_int_eq(dg_attn_step(REF, B, vr, dg_t3(out.r, 0, B, H, D),
-                                              dg_t3(q.r, 0, B, H, Nq), dg_t2(v.r, 0, B, D), gamma),
-                                 0);
-                ck_assert_int_eq(dg_attn_step(CU, B, vc, dg_t3(out.c, 0, B, H, D),
-                                              dg_t3(q.c, 0, B, H, Nq), dg_t2(v.c, 0, B, D), gamma),
-                                 0);
-            }
-            pcmp(out, TOL32, decay ? "attn_step out (decay)" : "attn_step out");
-            for (int b = 0; b < B; b++) pcmp(rho[b], TOL32, "attn_step rho");
-            for (int b = 0; b < B; b++) pfree(&rho[b]);
-            pfree(&q); pfree(&v); pfree(&out);
-        }
-    }
-    close_both();
-}
-END_TEST
-
-/* More sequences than the kernel parameters carry (STEP_PTRS = 64): the pointers are staged. */
-START_TEST(test_attn_step_many) {
-    if (!open_both("attn_step_many")) return;
-    enum { B = 70 };
-    int64_t H = 2, Nq = 64, D = 32;
-    float gamma[2] = {0.97f, 1.0f};
-    static pair_t rho[B];
-    static dg_tensor vr[B], vc[B];
+/* B sequences, each state in its own buffer at an offset; q zero where the uniform draw in
+ * [-1, 1) is <= qmin (the decode step's sparsity); two steps, the second reading the first's
+ * write; out and every state compared with ref. */
+static void attn_step_case(int B, int64_t H, int64_t Nq, int64_t D, const float *gamma, float qmin,
+                           const char *what_out, const char *what_rho) {
+    pair_t *rho = dg_malloc((size_t)B * sizeof *rho);
+    dg_tensor *vr = dg_malloc((size_t)B * sizeof *vr), *vc = dg_malloc((size_t)B * sizeof *vc);
     for (int b = 0; b < B; b++) {
-        rho[b] = prand(H * Nq * D, -1, 1);
+        float *h = rnd(H * Nq * D, -1, 1);
+        rho[b] = pnew_off(H * Nq * D, h, 256 * (size_t)b);
+        dg_free(h);
         vr[b] = shp(TR(rho[b]), 1, H, Nq, D);
         vc[b] = shp(TC(rho[b]), 1, H, Nq, D);
     }
     float *hq = rnd((int64_t)B * H * Nq, -1, 1);
-    for (int64_t i = 0; i < (int64_t)B * H * Nq; i++) hq[i] = hq[i] > 0.3f ? hq[i] : 0;
+    for (int64_t i = 0; i < (int64_t)B * H * Nq; i++) hq[i] = hq[i] > qmin ? hq[i] : 0;
     pair_t q = pnew((int64_t)B * H * Nq, hq);
     dg_free(hq);
     pair_t v = prand((int64_t)B * D, -1, 1), out = pnew((int64_t)B * H * D, NULL);
@@ -551,10 +509,36 @@ START_TEST(test_attn_step_many) {
         ck_assert_int_eq(dg_attn_step(CU, B, vc, dg_t3(out.c, 0, B, H, D), dg_t3(q.c, 0, B, H, Nq),
                                       dg_t2(v.c, 0, B, D), gamma), 0);
     }
-    pcmp(out, TOL32, "attn_step out (70 sequences)");
-    for (int b = 0; b < B; b++) pcmp(rho[b], TOL32, "attn_step rho (70 sequences)");
+    pcmp(out, TOL32, what_out);
+    for (int b = 0; b < B; b++) pcmp(rho[b], TOL32, what_rho);
     for (int b = 0; b < B; b++) pfree(&rho[b]);
     pfree(&q); pfree(&v); pfree(&out);
+    dg_free(rho); dg_free(vr); dg_free(vc);
+}
+
+START_TEST(test_attn_step) {
+    if (!open_both("attn_step")) return;
+    const int64_t shapes[][4] = {{3, 2, 130, 40}, {1, 4, 8192, 256}, {5, 1, 64, 300},
+                                 {4, 2, 200, 64}};
+    for (int s = 0; s < 4; s++) {
+        for (int decay = 0; decay < 2; decay++) {
+            int64_t H = shapes[s][1];
+            float gamma[4];
+            for (int h = 0; h < H; h++) gamma[h] = decay ? expf(-powf(2.0f, -(float)h / H)) : 1.0f;
+            attn_step_case((int)shapes[s][0], H, shapes[s][2], shapes[s][3], gamma, 0.6f,
+                           decay ? "attn_step out (decay)" : "attn_step out", "attn_step rho");
+        }
+    }
+    close_both();
+}
+END_TEST
+
+/* More sequences than the kernel parameters carry (STEP_PTRS = 64): the pointers are staged. */
+START_TEST(test_attn_step_many) {
+    if (!open_both("attn_step_many")) return;
+    float gamma[2] = {0.97f, 1.0f};
+    attn_step_case(70, 2, 64, 32, gamma, 0.3f, "attn_step out (70 sequences)",
+                   "attn_step rho (70 sequences)");
     close_both();
 }
 END_TEST
