@@ -33,6 +33,13 @@
 #define EX_INT 130
 
 static volatile sig_atomic_t g_interrupted;
+
+/* Unix time with its fraction, for metrics.jsonl. */
+static double unix_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 static void on_sigint(int sig) { (void)sig; g_interrupted = 1; }
 
 // ------------------------------------------------------------------------------------------
@@ -175,8 +182,14 @@ static void train_usage(FILE *f) {
             "  --batch B         override training.batch_size\n"
             "  --block T         override training.block_size\n"
             "  --resume DIR      continue a run from its newest checkpoint\n"
+            "  --device N        GPU index for --backend cuda (default 0)\n"
+            "  --time-limit SEC  stop after SEC seconds of wall time (counted from the start of\n"
+            "                    the command), with a final eval and checkpoint; exit status 0\n"
             "  --offsets FILE    fixed batch starts (benchmarks against a peer)\n"
-            "  --quiet           no progress lines\n");
+            "  --quiet           no progress lines\n"
+            "\n"
+            "metrics.jsonl rows carry \"time\" (Unix seconds) and \"elapsed\" (seconds since the\n"
+            "command started, data loading and model set-up included).\n");
 }
 
 int dg_cli_train(int argc, char **argv) {
@@ -184,13 +197,15 @@ int dg_cli_train(int argc, char **argv) {
         {"config", 1, 0, 'c'}, {"data", 1, 0, 'd'}, {"steps", 1, 0, 's'}, {"out", 1, 0, 'o'},
         {"seed", 1, 0, 'S'},   {"backend", 1, 0, 'b'}, {"resume", 1, 0, 'r'}, {"batch", 1, 0, 'B'},
         {"block", 1, 0, 'T'},  {"offsets", 1, 0, 'O'}, {"quiet", 0, 0, 'q'}, {"help", 0, 0, 'h'},
-        {"device", 1, 0, 'D'}, {0, 0, 0, 0}};
+        {"device", 1, 0, 'D'}, {"time-limit", 1, 0, 'L'}, {0, 0, 0, 0}};
     const char *config = NULL, *data = NULL, *out = NULL, *backend = "cpu", *resume = NULL;
     const char *offsets_path = NULL;
     long long steps = -1, seed = -1, batch = -1, block = -1;
     int quiet = 0, device = 0, c;
+    double time_limit = 0;
+    const double t_start = dg_now();
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:d:s:o:S:b:r:B:T:O:qhD:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:d:s:o:S:b:r:B:T:O:qhD:L:", opts, NULL)) != -1) {
         switch (c) {
         case 'c': config = optarg; break;
         case 'd': data = optarg; break;
@@ -204,6 +219,15 @@ int dg_cli_train(int argc, char **argv) {
         case 'O': offsets_path = optarg; break;
         case 'q': quiet = 1; break;
         case 'D': device = atoi(optarg); break;
+        case 'L': {
+            char *end;
+            time_limit = strtod(optarg, &end);
+            if (*end || !(time_limit > 0)) {
+                fprintf(stderr, "dragond train: --time-limit: expected seconds > 0 (got '%s')\n", optarg);
+                return EX_USAGE;
+            }
+            break;
+        }
         case 'h': train_usage(stdout); return EX_OK;
         default: train_usage(stderr); return EX_USAGE;
         }
@@ -336,16 +360,17 @@ int dg_cli_train(int argc, char **argv) {
         if (r) { fprintf(stderr, "dragond train: step failed: %s\n", dg_strerror(r)); rc = EX_FAIL; break; }
         last_loss = si.loss;
         if (si.step > 1) { tok_s_sum += si.tokens_per_s; tok_s_n++; }
-        bool last = dg_trainer_done(tr);
+        bool timed_out = time_limit > 0 && dg_now() - t_start >= time_limit;
+        bool last = dg_trainer_done(tr) || timed_out;
         if (si.step % ec->log_interval == 0 || last || si.step == 1) {
             if (!quiet)
                 printf("step %lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s\n",
                        (long long)si.step, (long long)si.total_steps, si.loss, si.lr, si.grad_norm,
                        si.tokens_per_s);
             fprintf(mf, "{\"step\":%lld,\"train_loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,"
-                        "\"tokens_per_s\":%.1f,\"tokens_seen\":%lld,\"time\":%.3f}\n",
+                        "\"tokens_per_s\":%.1f,\"tokens_seen\":%lld,\"time\":%.3f,\"elapsed\":%.3f}\n",
                     (long long)si.step, si.loss, si.lr, si.grad_norm, si.tokens_per_s,
-                    (long long)si.tokens_seen, (double)time(NULL));
+                    (long long)si.tokens_seen, unix_now(), dg_now() - t_start);
             fflush(mf);
             fflush(stdout);
         }
@@ -353,8 +378,8 @@ int dg_cli_train(int argc, char **argv) {
             int64_t nt;
             if (!dg_trainer_eval(tr, &last_val, &nt)) {
                 if (!quiet) printf("eval step %lld | val_loss %.4f (%lld tokens)\n", (long long)si.step, last_val, (long long)nt);
-                fprintf(mf, "{\"step\":%lld,\"val_loss\":%.6f,\"time\":%.3f}\n", (long long)si.step,
-                        last_val, (double)time(NULL));
+                fprintf(mf, "{\"step\":%lld,\"val_loss\":%.6f,\"time\":%.3f,\"elapsed\":%.3f}\n",
+                        (long long)si.step, last_val, unix_now(), dg_now() - t_start);
                 fflush(mf);
                 fflush(stdout);
             }
@@ -371,6 +396,12 @@ int dg_cli_train(int argc, char **argv) {
             if (!quiet) printf("checkpoint %s\n", path);
         }
         if (g_interrupted) { fprintf(stderr, "dragond train: interrupted; checkpoint written\n"); rc = EX_INT; break; }
+        if (timed_out) {
+            if (!quiet)
+                fprintf(stderr, "dragond train: --time-limit %g s reached after step %lld of %lld\n",
+                        time_limit, (long long)si.step, (long long)si.total_steps);
+            break;
+        }
     }
     fclose(mf);
     if (rc == EX_OK && !quiet)

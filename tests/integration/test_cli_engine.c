@@ -152,6 +152,37 @@ START_TEST(resume_continues) {
 }
 END_TEST
 
+/* --time-limit ends a run early, as a success: final eval, checkpoint, elapsed seconds logged. */
+START_TEST(time_limit_stops) {
+    int rc = run(out, sizeof out, "%s train --config config/models/tiny.json --data %s/corpus.txt "
+                 "--steps 10000000 --time-limit 1.5 --out %s/t", g_bin, g_dir, g_dir);
+    ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+    ck_assert_msg(strstr(out, "--time-limit 1.5 s reached after step") && strstr(out, "done: step"), "%s", out);
+    long long step = atoll(strstr(out, "reached after step") + 19);
+    ck_assert_msg(step > 1 && step < 10000000, "step %lld", step);
+    char p[700];
+    snprintf(p, sizeof p, "%s/t/ckpt/step-%lld.dck", g_dir, step);
+    ck_assert_msg(access(p, R_OK) == 0, "no final checkpoint %s", p);
+    /* the last metrics row is the final eval, with its elapsed seconds just past the limit */
+    snprintf(p, sizeof p, "%s/t/metrics.jsonl", g_dir);
+    FILE *f = fopen(p, "r");
+    ck_assert_ptr_nonnull(f);
+    char line[512], last[512] = "";
+    while (fgets(line, sizeof line, f)) memcpy(last, line, sizeof last);
+    fclose(f);
+    char *e = strstr(last, "\"elapsed\":"), *v = strstr(last, "\"val_loss\":");
+    ck_assert_msg(e && v, "last row: %s", last);
+    double el = atof(e + 10);
+    ck_assert_msg(el >= 1.5 && el < 30, "elapsed %g", el);
+    /* and a bad value is refused before anything runs */
+    rc = run(out, sizeof out, "%s train --config config/models/tiny.json --data %s/corpus.txt "
+             "--time-limit -3 --out %s/t2", g_bin, g_dir, g_dir);
+    ck_assert_msg(rc == 2 && strstr(out, "--time-limit"), "rc %d: %s", rc, out);
+    snprintf(p, sizeof p, "%s/t2", g_dir);
+    ck_assert_msg(access(p, F_OK) != 0, "a refused run created %s", p);
+}
+END_TEST
+
 START_TEST(bad_inputs) {
     char p[700];
     /* empty data */
@@ -230,6 +261,7 @@ static Suite *suite(void) {
     tcase_set_timeout(t, 240);
     tcase_add_test(t, train_generate_eval_export);
     tcase_add_test(t, resume_continues);
+    tcase_add_test(t, time_limit_stops);
     tcase_add_test(t, bad_inputs);
     suite_add_tcase(s, t);
     return s;

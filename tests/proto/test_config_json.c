@@ -58,9 +58,17 @@ START_TEST(presets) {
     ck_assert_int_eq(t.block_size, 32); ck_assert_int_eq(t.batch_size, 8);
     ck_assert_int_eq(t.tokenizer, DG_TOK_CHAR);
 
+    /* the issue-6 quality recipe: the paper model with its own regularisation and schedule */
+    ck_assert_msg(dg_config_load_file(preset("paper-5min"), &m, &t, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(m.n_layer, 6); ck_assert_int_eq(dg_model_latent(&m), 8192);
+    ck_assert_int_eq(m.positional, DG_POS_ROPE); ck_assert(m.dropout == 0.5f);
+    ck_assert_int_eq(t.max_steps, 650); ck_assert_int_eq(t.schedule, DG_LR_COSINE);
+    ck_assert(t.lr == 1.5e-3f && t.min_lr == 5e-5f && t.weight_decay == 1.0f && t.grad_clip == 1.0f);
+    ck_assert_int_eq(t.warmup_steps, 50); ck_assert_int_eq(t.tokenizer, DG_TOK_BYTE);
+
     /* every preset has a description and round-trips */
-    const char *names[] = {"tiny", "base", "paper"};
-    for (int i = 0; i < 3; i++) {
+    const char *names[] = {"tiny", "base", "paper", "paper-5min"};
+    for (int i = 0; i < 4; i++) {
         json_error_t je;
         json_t *doc = json_load_file(preset(names[i]), 0, &je);
         ck_assert_ptr_nonnull(doc);
