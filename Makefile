@@ -114,7 +114,7 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
 $(LIBENGINE): $(ENGINE_OBJ) $(CUDA_OBJ)
 	@mkdir -p $(dir $@)

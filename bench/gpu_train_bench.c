@@ -75,6 +75,7 @@ static int bench_train(const char *backend, const char *row, const dg_model_conf
         dg_adamw_hp hp = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f, 1.0f, k};
         CK(dg_adamw(be, dg_model_params(m), dg_model_grads(m), dg_t1(mb, 0, np), dg_t1(vb, 0, np),
                     &hp));
+        dg_model_params_changed(m);
         CK(dg_sync(be));
         dt[k - 1] = dg_now() - t0;
         if (k <= warmup) fprintf(stderr, "  %s warm-up step %d: %.1f ms loss %.4f\n", row, k,

@@ -296,6 +296,17 @@ void dg_graph_free(dg_backend_t *be, void *graph) {
     if (graph && be->iface->graph_free) be->iface->graph_free(be, graph);
 }
 
+bool dg_has_gate_proj(const dg_backend_t *be) { return be->iface->gate_proj != NULL; }
+
+int dg_gate_proj(dg_backend_t *be, dg_tensor z, dg_tensor x, dg_tensor a, dg_tensor wt, float thr) {
+    BE_OK(be); F32(z); F32(x); F32(a); F32(wt); DG_ASSERT(be->iface->gate_proj);
+    int64_t D = wt.ne[0], N = wt.ne[1], H = wt.ne[2], HN = H * N;
+    DG_ASSERT(wt.ne[3] == 1 && HN > 0 && D > 0);
+    int64_t R = dg_nelem(x) / HN;
+    DG_ASSERT(R >= 1 && dg_nelem(x) == R * HN && dg_nelem(z) == R * HN && dg_nelem(a) == R * H * D);
+    return be->iface->gate_proj(be, z, x, a, wt, thr);
+}
+
 bool dg_has_attn_step_lazy(const dg_backend_t *be) { return be->iface->attn_step_lazy != NULL; }
 
 int dg_attn_step_lazy(dg_backend_t *be, int B, const dg_tensor *rho, float *scale, dg_tensor out,

@@ -18,7 +18,7 @@
 
 #include "dg.h"
 
-#define DG_BACKEND_IFACE_VERSION 2
+#define DG_BACKEND_IFACE_VERSION 3
 
 typedef enum { DG_DTYPE_F32 = 0, DG_DTYPE_BF16 = 1, DG_DTYPE_I32 = 2, DG_DTYPE_F16 = 3 } dg_dtype;
 size_t dg_dtype_size(dg_dtype t);
@@ -225,6 +225,16 @@ struct dg_backend_iface_s {
     int  (*pos_fwd_dev)(dg_backend_t *be, dg_tensor out, dg_tensor inp, dg_tensor pos,
                         dg_pos_mode mode, float theta);
 
+    /* The decode step's encoder_v GEMM, its ReLU and the gate in one (optional), reading only
+     * the weights of active neurons:
+     *   z[r, h, j] = x[r, h, j] * max(a[r, h, :] . wt[h, j, :] - thr, 0)  where x[r, h, j] != 0,
+     *   z[r, h, j] = 0                                                     elsewhere.
+     * wt (H, N, D) is encoder_v (H, D, N) transposed per head, so the row of neuron j is
+     * contiguous and the rows of inactive neurons (x = 0: ReLU zeros) are never read.
+     * z (R, H*N) writes; x (R, H*N); a (R, H*D). Equal to gemm + relu_fwd + gate_fwd (p = 0). */
+    int  (*gate_proj)(dg_backend_t *be, dg_tensor z, dg_tensor x, dg_tensor a, dg_tensor wt,
+                      float thr);
+
     /* Graphs (optional, all four or none): between graph_begin and graph_end the verbs called on
      * this handle are recorded, not run; graph_end returns a replayable graph that graph_launch
      * runs (asynchronously, like any verb) with whatever the recorded buffers hold then. While
@@ -317,6 +327,10 @@ int  dg_graph_begin(dg_backend_t *be);
 int  dg_graph_end(dg_backend_t *be, void **graph);
 int  dg_graph_launch(dg_backend_t *be, void *graph);
 void dg_graph_free(dg_backend_t *be, void *graph);
+
+/* true when the backend offers gate_proj */
+bool dg_has_gate_proj(const dg_backend_t *be);
+int  dg_gate_proj(dg_backend_t *be, dg_tensor z, dg_tensor x, dg_tensor a, dg_tensor wt, float thr);
 
 /* true when the backend offers attn_step_lazy */
 bool dg_has_attn_step_lazy(const dg_backend_t *be);

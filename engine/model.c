@@ -195,6 +195,7 @@ struct dg_model_s {
     uint64_t    seed;               /* dropout seed of the last forward */
     float      *host_loss;          /* (R) */
     int64_t    *pos0;               /* (B) start positions, all 0 for training blocks */
+    uint64_t    pver;               /* bumped whenever the parameters change (copies follow it) */
 };
 
 #define RC(x) do { int rc__ = (x); if (rc__) return rc__; } while (0)
@@ -256,7 +257,11 @@ static dg_tensor ptensor(dg_model_t *m, dg_buf_t *buf, int which) {
 dg_tensor dg_model_param(dg_model_t *m, int which) { return ptensor(m, m->params_buf, which); }
 
 int dg_model_get_params(dg_model_t *m, float *host) { return dg_get(m->be, host, dg_model_params(m)); }
-int dg_model_set_params(dg_model_t *m, const float *host) { return dg_set(m->be, dg_model_params(m), host); }
+int dg_model_set_params(dg_model_t *m, const float *host) {
+    m->pver++;
+    return dg_set(m->be, dg_model_params(m), host);
+}
+void dg_model_params_changed(dg_model_t *m) { m->pver++; }
 
 // ------------------------------------------------------------------------------------------
 // initialisation (MODEL.md §2.2)
@@ -309,6 +314,7 @@ int dg_model_init_params(dg_model_t *m, uint64_t seed) {
         dg_free(g);
     }
     int rc = dg_set(m->be, dg_model_params(m), p);
+    m->pver++;
     dg_free(p);
     return rc;
 }
@@ -894,6 +900,11 @@ struct dg_infer_s {
     int         g_B, g_seen;    /* g_seen: steps run verb by verb with this key so far */
     void      **g_rho;          /* [max_B] device address of each sequence's state */
     bool        g_off;          /* DG_DECODE_GRAPH=0 or no graphs in the backend */
+    /* decode steps through gate_proj (backends that offer it; DG_GATE_PROJ=0 turns it off) */
+    bool        gp;
+    dg_tensor   wt;             /* (H, N, D): encoder_v transposed per head */
+    uint64_t    wt_ver;         /* the model's pver when wt was built; 0 = never */
+    float      *wt_host;        /* [2 D N] host scratch for the per-head transpose */
     bool        g_warned;       /* a recording failed once (logged) */
     int64_t     g_steps, g_records;
 };
@@ -928,6 +939,29 @@ static void lay_out_infer(dg_infer_t *ix, bump *A) {
     ix->rho_tmp = bump_t(A, H * Nq, D);
     ix->logits = bump_t(A, R, c->vocab_size);
     ix->gin = bump_i32(A, 2 * (int64_t)ix->max_B);
+    if (ix->gp) {
+        dg_tensor w = bump_t(A, H * N, D);
+        ix->wt = dg_t3(w.buf, w.offs, H, N, D);
+    }
+}
+
+/* wt = encoder_v transposed per head, rebuilt when the parameters changed since the last build
+ * (dg_model_set_params, a training step). Host scratch from dg_infer_create: no allocation. */
+static int wt_refresh(dg_infer_t *ix) {
+    dg_model_t *m = ix->m;
+    if (ix->wt_ver == m->pver + 1) return 0;
+    const dg_model_config *c = &m->cfg;
+    int64_t D = c->n_embd, H = c->n_head, N = dg_model_latent(c);
+    dg_tensor ev = dg_model_param(m, DG_P_ENCODER_V);
+    float *src = ix->wt_host, *dst = ix->wt_host + D * N;
+    for (int64_t h = 0; h < H; h++) {
+        RC(dg_get(m->be, src, dg_t2(ev.buf, ev.offs + (size_t)(h * D * N) * 4, D, N)));
+        for (int64_t d = 0; d < D; d++)
+            for (int64_t j = 0; j < N; j++) dst[j * D + d] = src[d * N + j];
+        RC(dg_set(m->be, dg_t2(ix->wt.buf, ix->wt.offs + (size_t)(h * N * D) * 4, N, D), dst));
+    }
+    ix->wt_ver = m->pver + 1;
+    return 0;
 }
 
 int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
@@ -936,6 +970,8 @@ int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
     ix->m = m;
     ix->max_B = max_B;
     ix->max_T = max_T;
+    const char *gpe = getenv("DG_GATE_PROJ");
+    ix->gp = dg_has_gate_proj(m->be) && !(gpe && !strcmp(gpe, "0"));
     bump A = {0};
     lay_out_infer(ix, &A);
     int rc = dg_buf_alloc(m->be, A.off, &ix->buf);
@@ -949,6 +985,12 @@ int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
     ix->g_rho = dg_calloc((size_t)max_B, sizeof *ix->g_rho);
     const char *ge = getenv("DG_DECODE_GRAPH");
     ix->g_off = !dg_has_graphs(m->be) || (ge && !strcmp(ge, "0"));
+    if (ix->gp) {
+        const dg_model_config *c = &m->cfg;
+        ix->wt_host = dg_try_malloc((size_t)2 * c->n_embd * dg_model_latent(c) * sizeof(float));
+        rc = ix->wt_host ? wt_refresh(ix) : DG_ENOMEM;
+        if (rc) { dg_infer_free(ix); return rc; }
+    }
     *out = ix;
     return 0;
 }
@@ -962,13 +1004,15 @@ void dg_infer_free(dg_infer_t *ix) {
     dg_free(ix->rho_views);
     dg_free(ix->pos0);
     dg_free(ix->scale);
+    dg_free(ix->wt_host);
     dg_free(ix);
 }
 
 static dg_tensor rows(dg_tensor t, int64_t n) { return dg_t2(t.buf, t.offs, n, t.ne[0]); }
 
-/* Everything of a layer but the attention, for n rows; attention output already in a->a. */
-static int infer_layer_rest(dg_infer_t *ix, int64_t n, dg_tensor vin, dg_tensor vout) {
+/* Everything of a layer but the attention, for n rows; attention output already in a->a.
+ * step: a decode step (n = B sequences), which takes gate_proj where the backend has it. */
+static int infer_layer_rest(dg_infer_t *ix, int64_t n, dg_tensor vin, dg_tensor vout, bool step) {
     dg_model_t *m = ix->m;
     const dg_model_config *c = &m->cfg;
     dg_backend_t *be = m->be;
@@ -979,9 +1023,13 @@ static int infer_layer_rest(dg_infer_t *ix, int64_t n, dg_tensor vin, dg_tensor 
                         dg_t1(a->a_mean.buf, a->a_mean.offs, n * H), dg_t1(a->a_rstd.buf, a->a_rstd.offs, n * H),
                         rows(dg_t2(a->a.buf, a->a.offs, 1, D), n * H), norm_g(m), norm_b(m), eps));
     dg_tensor y = rows(a->y, n), x = rows(a->x, n), z = rows(ix->z, n);
-    RC(proj_heads(be, y, a->an, H * D, D, dg_model_param(m, DG_P_ENCODER_V), n, D, H, N));
-    RC(dg_relu_fwd(be, y, y, thr));
-    RC(dg_gate_fwd(be, z, x, y, 0.0f, 0));
+    if (step && ix->gp) {
+        RC(dg_gate_proj(be, z, x, rows(a->an, n), ix->wt, thr));
+    } else {
+        RC(proj_heads(be, y, a->an, H * D, D, dg_model_param(m, DG_P_ENCODER_V), n, D, H, N));
+        RC(dg_relu_fwd(be, y, y, thr));
+        RC(dg_gate_fwd(be, z, x, y, 0.0f, 0));
+    }
     dg_tensor u = rows(a->u, n), r = rows(a->r, n);
     dg_tensor um = dg_t1(a->u_mean.buf, a->u_mean.offs, n), us = dg_t1(a->u_rstd.buf, a->u_rstd.offs, n);
     dg_tensor rm = dg_t1(a->r_mean.buf, a->r_mean.offs, n), rs = dg_t1(a->r_rstd.buf, a->r_rstd.offs, n);
@@ -1078,7 +1126,7 @@ int dg_infer_prefill(dg_infer_t *ix, dg_state_t *s, const int32_t *tokens, int n
                            dg_t4(ix->a.q.buf, ix->a.q.offs, 1, T, H, Nq), dg_t3(v.buf, v.offs, 1, T, D),
                            rin, m->gamma));
             RC(dg_copy(m->be, rin, rout));
-            RC(infer_layer_rest(ix, T, v, v2));
+            RC(infer_layer_rest(ix, T, v, v2, false));
             dg_tensor t = v; v = v2; v2 = t;
         }
         s->pos += T;
@@ -1113,7 +1161,7 @@ static int step_verbs(dg_infer_t *ix, int B, dg_state_t **states, dg_tensor tok,
             rc = dg_attn_step(m->be, B, ix->rho_views, ao, qv, vv, m->gamma);
         }
         if (rc) break;
-        rc = infer_layer_rest(ix, B, v, v2);
+        rc = infer_layer_rest(ix, B, v, v2, true);
         dg_tensor t = v; v = v2; v2 = t;
     }
     RC(rc);
@@ -1198,6 +1246,7 @@ int dg_infer_step(dg_infer_t *ix, int B, dg_state_t **states, const int32_t *tok
     RC(check_tokens(m, tokens, B));
     if (!dg_has_attn_step_lazy(m->be))
         for (int b = 0; b < B; b++) RC(state_normalize(states[b]));
+    if (ix->gp) RC(wt_refresh(ix));
     int rc = ix->g_off ? 1 : step_graph(ix, B, states, tokens);
     if (rc < 0) return rc;
     if (rc == 1) {

@@ -87,7 +87,10 @@ dg_backend_t *dg_model_backend(const dg_model_t *m);
 int  dg_model_init_params(dg_model_t *m, uint64_t seed);
 
 /* The flat parameter / gradient tensors (n_params floats). Grads exist after
- * dg_model_alloc_train. */
+ * dg_model_alloc_train. Whoever writes the parameters through these views (an optimizer step)
+ * calls dg_model_params_changed afterwards: inference objects keep derived copies (the
+ * transposed encoder_v of gate_proj) and rebuild them when it has been called.
+ * dg_model_set_params and dg_model_init_params do it themselves. */
 dg_tensor dg_model_params(dg_model_t *m);
 dg_tensor dg_model_grads(dg_model_t *m);
 dg_tensor dg_model_param(dg_model_t *m, int which);       /* view of one parameter tensor  */
@@ -95,6 +98,7 @@ dg_tensor dg_model_param(dg_model_t *m, int which);       /* view of one paramet
 /* Host copies of all parameters (n_params floats), in layout order. */
 int  dg_model_get_params(dg_model_t *m, float *host);
 int  dg_model_set_params(dg_model_t *m, const float *host);
+void dg_model_params_changed(dg_model_t *m);
 
 /* ------------------------------------------------------------------------------------------
  * Training. dg_model_alloc_train sizes activations for (B, T) once (nothing allocates later).

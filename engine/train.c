@@ -266,6 +266,7 @@ int dg_trainer_step(dg_trainer_t *tr, dg_step_info *info) {
     if ((rc = dg_adamw(tr->be, dg_model_params(tr->model), dg_model_grads(tr->model), mom(tr, 0),
                        mom(tr, 1), &hp)))
         goto fail;
+    dg_model_params_changed(tr->model);
     if ((rc = dg_sync(tr->be))) goto fail;
     tr->step = k1;
     int64_t ntok = (int64_t)tc->batch_size * tc->block_size * tc->grad_accum;

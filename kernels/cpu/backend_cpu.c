@@ -197,6 +197,8 @@ static inline void vaxpy(float *restrict y, float a, const float *restrict x, in
 // dense algebra
 
 int dg__cpu_gemm_small(const dg_gemm_desc *d);   /* kernels/cpu/gemm_small.c */
+int dg__cpu_gate_proj(dg_backend_t *be, dg_tensor z, dg_tensor x, dg_tensor a, dg_tensor wt,
+                      float thr);                      /* kernels/cpu/gate_proj.c */
 /* kernels/cpu/attn_lazy.c */
 int dg__cpu_attn_step_lazy(dg_backend_t *be, int B, const dg_tensor *rho, float *scale,
                            dg_tensor out, dg_tensor q, dg_tensor v, const float *gamma);
@@ -1162,6 +1164,7 @@ static const dg_backend_iface CPU_IFACE = {
     .adamw = cpu_adamw,
     .attn_step = cpu_attn_step,
     .attn_step_lazy = dg__cpu_attn_step_lazy,
+    .gate_proj = dg__cpu_gate_proj,
 };
 
 const dg_backend_iface *dg_backend_cpu_iface(void);

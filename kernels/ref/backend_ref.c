@@ -707,6 +707,28 @@ static int ref_attn_step(dg_backend_t *be, int B, const dg_tensor *rho, dg_tenso
     return 0;
 }
 
+/* z = x * relu(a . wt_j - thr) where x != 0, else 0 (the decode step's encoder_v, ReLU and gate;
+ * backend.h). Dots in double, like ref_gemm. */
+static int ref_gate_proj(dg_backend_t *be, dg_tensor z, dg_tensor x, dg_tensor a, dg_tensor wt,
+                         float thr) {
+    (void)be;
+    int64_t D = wt.ne[0], N = wt.ne[1], H = wt.ne[2], R = dg_nelem(x) / (H * N);
+    const float *px = F(x), *pa = F(a), *pw = F(wt);
+    float *pz = F(z);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t j = 0; j < N; j++) {
+                int64_t i = (r * H + h) * N + j;
+                if (px[i] == 0.0f) { pz[i] = 0.0f; continue; }
+                double acc = 0.0;
+                for (int64_t d = 0; d < D; d++)
+                    acc += (double)pa[(r * H + h) * D + d] * (double)pw[(h * N + j) * D + d];
+                float y = (float)acc - thr;
+                pz[i] = px[i] * (y > 0.0f ? y : 0.0f);
+            }
+    return 0;
+}
+
 // ------------------------------------------------------------------------------------------
 
 static const dg_backend_iface REF_IFACE = {
@@ -741,6 +763,7 @@ static const dg_backend_iface REF_IFACE = {
     .xent = ref_xent,
     .adamw = ref_adamw,
     .attn_step = ref_attn_step,
+    .gate_proj = ref_gate_proj,
 };
 
 const dg_backend_iface *dg_backend_ref_iface(void);

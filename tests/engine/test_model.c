@@ -344,6 +344,63 @@ START_TEST(batched_step_equals_single) {
 }
 END_TEST
 
+/* A decode step uses a transposed copy of encoder_v (gate_proj, cpu and ref backends). After the
+ * parameters change -- dg_model_init_params / set_params, or a direct write announced with
+ * dg_model_params_changed (what the trainer does after AdamW) -- an inference object made before
+ * the change must give exactly what a fresh one gives. */
+static void step_tokens(dg_infer_t *ix, dg_model_t *m, const int32_t *t, int n, float *last) {
+    dg_state_t *s;
+    ck_assert_int_eq(dg_state_create(m, &s), 0);
+    ck_assert_int_eq(dg_infer_prefill(ix, s, t, 1, last), 0);
+    for (int k = 1; k < n; k++) ck_assert_int_eq(dg_infer_step(ix, 1, &s, &t[k], last), 0);
+    dg_state_free(s);
+}
+
+START_TEST(decode_follows_param_changes) {
+    const char *bes[] = {"cpu", "ref"};
+    for (int bi = 0; bi < 2; bi++) {
+        dg_model_config c = mid_cfg(DG_POS_ROPE, DG_NORM_AFFINE);
+        dg_backend_t *be = open_be(bes[bi]);
+        dg_model_t *m;
+        ck_assert_int_eq(dg_model_create(be, &c, &m), 0);
+        ck_assert_int_eq(dg_model_init_params(m, 41), 0);
+        scale_weights(m, 5.0f);
+        int V = c.vocab_size;
+        int32_t t[6];
+        rand_tokens(t, 6, V, 77);
+        float l1[64], l2[64], l3[64];
+        dg_infer_t *ix, *fresh;
+        ck_assert_int_eq(dg_infer_create(m, 2, 8, &ix), 0);
+        step_tokens(ix, m, t, 6, l1);
+        /* new parameters through the model API */
+        ck_assert_int_eq(dg_model_init_params(m, 42), 0);
+        scale_weights(m, 5.0f);
+        step_tokens(ix, m, t, 6, l2);
+        ck_assert_int_eq(dg_infer_create(m, 2, 8, &fresh), 0);
+        step_tokens(fresh, m, t, 6, l3);
+        dg_infer_free(fresh);
+        ck_assert_msg(memcmp(l2, l3, (size_t)V * 4) == 0, "%s: stale decode after set_params", bes[bi]);
+        ck_assert_msg(dg_max_rel_err(l1, l2, V) > 1e-3, "%s: new parameters changed nothing", bes[bi]);
+        /* a direct write of encoder_v, announced */
+        dg_tensor ev = dg_model_param(m, DG_P_ENCODER_V);
+        float *w = malloc((size_t)dg_nelem(ev) * 4);
+        ck_assert_int_eq(dg_get(be, w, ev), 0);
+        for (int64_t i = 0; i < dg_nelem(ev); i++) w[i] = -w[i];
+        ck_assert_int_eq(dg_set(be, ev, w), 0);
+        free(w);
+        dg_model_params_changed(m);
+        step_tokens(ix, m, t, 6, l2);
+        ck_assert_int_eq(dg_infer_create(m, 2, 8, &fresh), 0);
+        step_tokens(fresh, m, t, 6, l3);
+        ck_assert_msg(memcmp(l2, l3, (size_t)V * 4) == 0, "%s: stale decode after a write", bes[bi]);
+        dg_infer_free(fresh);
+        dg_infer_free(ix);
+        dg_model_free(m);
+        dg_backend_close(be);
+    }
+}
+END_TEST
+
 // ------------------------------------------------------------------------------------------
 // training: learns, and resume is bit exact
 
@@ -510,6 +567,7 @@ static Suite *suite(void) {
     tcase_add_test(p, recurrent_pope);
     tcase_add_test(p, recurrent_alibi_long);
     tcase_add_test(p, batched_step_equals_single);
+    tcase_add_test(p, decode_follows_param_changes);
     suite_add_tcase(s, p);
     TCase *t = tcase_create("training");
     tcase_set_timeout(t, 300);

@@ -107,6 +107,7 @@ static void train(const char *backend, const dg_model_config *cfg, const float *
         dg_adamw_hp hp = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f, 1.0f, k};
         ck_assert_int_eq(dg_adamw(be, dg_model_params(m), dg_model_grads(m), dg_t1(mb, 0, np),
                                   dg_t1(vb, 0, np), &hp), 0);
+        dg_model_params_changed(m);
     }
     /* held-out batch, no dropout */
     for (int b = 0; b < BATCH; b++) {

@@ -445,6 +445,77 @@ START_TEST(test_gate) {
 }
 END_TEST
 
+/* gate_proj (the decode step's encoder_v + ReLU + gate over active neurons): ref's fused verb
+ * equals ref's gemm + relu_fwd + gate_fwd bit for bit, and cpu equals ref on both of its code
+ * paths. x has ReLU-like zeros (none, half, most, all); shapes include D and N tails. */
+static void run_gate_proj(int64_t R, int64_t H, int64_t N, int64_t D, float zero, float thr,
+                          uint64_t seed) {
+    dg_rng r;
+    dg_rng_seed(&r, seed);
+    int64_t nx = R * H * N, na = R * H * D, nw = H * D * N;
+    float *x = ku_randn(&r, nx, 1.0f), *av = ku_randn(&r, na, 1.0f), *ev = ku_randn(&r, nw, 0.1f);
+    for (int64_t i = 0; i < nx; i++)
+        x[i] = (x[i] > 0 && dg_rng_uniform(&r) >= zero) ? x[i] : 0.0f;
+    float *wt = malloc((size_t)nw * sizeof *wt);           /* (H, N, D) from ev (H, D, N) */
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t d = 0; d < D; d++)
+            for (int64_t j = 0; j < N; j++) wt[(h * N + j) * D + d] = ev[(h * D + d) * N + j];
+    float *z[2], *zc = NULL;
+    for (int k = 0; k < 2; k++) {
+        ku_arena a;
+        ku_open(&a, BE[k]);
+        dg_tensor tx = ku_t2(&a, x, R, H * N), ta = ku_t2(&a, av, R, H * D);
+        dg_tensor tw = ku_t4(&a, wt, 1, H, N, D), tz = ku_t2(&a, NULL, R, H * N);
+        ck_assert_int_eq(dg_gate_proj(a.be, tz, tx, ta, tw, thr), 0);
+        z[k] = ku_get(&a, tz);
+        if (k == 0) {                                      /* the unfused ops on ref */
+            dg_tensor te = ku_t4(&a, ev, 1, H, D, N), ty = ku_t2(&a, NULL, R, H * N);
+            dg_tensor tz2 = ku_t2(&a, NULL, R, H * N);
+            dg_gemm_desc g = {R, N, D, H, dg_m(ta, R, D, H * D), dg_m(te, D, N, N),
+                              dg_m(ty, R, N, H * N), 1.0f, 0.0f};
+            g.A.bstride = D; g.B.bstride = D * N; g.C.bstride = N;
+            ck_assert_int_eq(dg_gemm(a.be, &g), 0);
+            ck_assert_int_eq(dg_relu_fwd(a.be, ty, ty, thr), 0);
+            ck_assert_int_eq(dg_gate_fwd(a.be, tz2, tx, ty, 0.0f, 0), 0);
+            zc = ku_get(&a, tz2);
+        }
+        ku_close(&a);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "gate_proj R%lld H%lld N%lld D%lld zero%g thr%g", (long long)R,
+             (long long)H, (long long)N, (long long)D, zero, thr);
+    ck_assert_msg(memcmp(z[0], zc, (size_t)nx * 4) == 0, "%s: ref differs from gemm+relu+gate", what);
+    ku_expect_rel(what, z[1], z[0], nx, TOL);
+    int64_t nz = 0;
+    for (int64_t i = 0; i < nx; i++) {
+        ck_assert_msg(x[i] != 0.0f || z[1][i] == 0.0f, "%s: z[%lld] not 0 where x is", what, (long long)i);
+        nz += z[0][i] != 0.0f;
+    }
+    if (zero < 1.0f && nx >= 1000) ck_assert_msg(nz > 0, "%s: all zero", what);
+    free(x); free(av); free(ev); free(wt); free(z[0]); free(z[1]); free(zc);
+}
+
+START_TEST(test_gate_proj) {
+    const struct { int64_t R, H, N, D; float zero, thr; } cases[] = {
+        {1, 4, 256, 256, 0.0f, 0.0f},  {1, 4, 256, 256, 0.5f, 0.0f}, {8, 4, 256, 256, 0.5f, 0.05f},
+        {3, 2, 70, 33, 0.3f, 0.0f},    {1, 1, 5, 17, 0.0f, 0.0f},    {16, 3, 100, 48, 0.9f, 0.0f},
+        {2, 4, 1024, 64, 0.95f, 0.0f}, {4, 2, 64, 256, 1.0f, 0.0f},  {1, 1, 1, 1, 0.0f, 0.0f},
+    };
+    int have = dg__cpu_isa_avx512(-1);
+    for (int p = 0; p < 2; p++) {
+        dg__cpu_isa_avx512(p);
+        if (dg__cpu_isa_avx512(-1) != p) {
+            printf("SKIP: gate_proj AVX-512 path: this CPU has no AVX-512\n");
+            continue;
+        }
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+            run_gate_proj(cases[i].R, cases[i].H, cases[i].N, cases[i].D, cases[i].zero,
+                          cases[i].thr, 700 + i);
+    }
+    dg__cpu_isa_avx512(have);
+}
+END_TEST
+
 START_TEST(test_xent) {
     const int64_t shapes[][2] = {{1, 1}, {1, 2}, {5, 3}, {64, 69}, {10, 50257}};
     for (size_t si = 0; si < 5; si++) {
@@ -591,6 +662,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_attn_small);
     tcase_add_test(tc, test_attn_blocks);
     tcase_add_test(tc, test_gate);
+    tcase_add_test(tc, test_gate_proj);
     tcase_add_test(tc, test_xent);
     tcase_add_test(tc, test_adamw);
     tcase_add_test(tc, test_attn_step_parity);
