@@ -24,6 +24,10 @@
 #   DG_BENCH_QUALITY        1 (default) runs the one-epoch quality comparison, 0 skips it
 #                           (peer: dragon_torch.py eval-epoch; ours: dragond train --steps E
 #                           --offsets FILE --seed S, val_loss from its metrics.jsonl)
+#   DG_BENCH_TRAIN          1 (default) runs the training rows (1, 2), 0 skips them
+#   DG_BENCH_TRAINED        a run directory of the base config (e.g. the ours_run of an earlier
+#                           bench, or any `dragond train` run) for the trained-decode rows (5)
+#                           when the quality run is skipped; default: the quality run's model
 #   DG_BENCH_SEED           seed of the offsets file and of both models (default: config's seed)
 #   DG_BENCH_PY             Python with torch (default /usr/bin/python3, Debian's python3-torch)
 #   DG_BENCH_RESULTS        output file (default bench/RESULTS.md)
@@ -184,7 +188,9 @@ bench_pair() {
 
 PAIR_REPS=1
 # ---- 1, 2: training ---------------------------------------------------------------------------
-if [ $HAVE_DATA -eq 1 ]; then
+if [ "${DG_BENCH_TRAIN:-1}" != "1" ]; then
+    note "training rows skipped (DG_BENCH_TRAIN=${DG_BENCH_TRAIN})"
+elif [ $HAVE_DATA -eq 1 ]; then
     bench_pair "train base B24 T512 (tok/s)" tokens_per_s ">= 2x" \
         $PEER train --config "$BASE" --data "$DATA" --batch 24 --block 512 --steps "$TSTEPS" \
             --threads $THREADS --json -- \
@@ -279,17 +285,24 @@ fi
 # a trained one is sparser, and our decode step reads and writes only the active rows. Both sides
 # load the same weights (the peer through `dragond export`'s safetensors file); our prompts are
 # windows of the data, the peer starts from one token (its dense step costs the same either way).
-if [ $HAVE_OURS -eq 1 ] && [ -d "$WORK/ours_run/ckpt" ]; then
-    if "$OURS" export --checkpoint "$WORK/ours_run" --format safetensors \
+RUN5=$WORK/ours_run
+WHAT5="the base model after the one-epoch quality run"
+if [ -n "${DG_BENCH_TRAINED:-}" ] && [ ! -d "$WORK/ours_run/ckpt" ]; then
+    RUN5=$DG_BENCH_TRAINED
+    WHAT5="the base model of $RUN5 (DG_BENCH_TRAINED)"
+    [ -d "$RUN5/ckpt" ] || { FAILED=1; note "DG_BENCH_TRAINED=$RUN5 has no ckpt/ directory"; }
+fi
+if [ $HAVE_OURS -eq 1 ] && [ -d "$RUN5/ckpt" ]; then
+    if "$OURS" export --checkpoint "$RUN5" --format safetensors \
             --out "$WORK/trained.safetensors" >"$WORK/export.out" 2>&1; then
-        note "decode (trained): the base model after the one-epoch quality run, loaded by both sides"
+        note "decode (trained): $WHAT5, loaded by both sides"
         PAIR_REPS=$DREPS
         for S in 1 8; do
             bench_pair "decode base trained 1 epoch, $S session(s) (tok/s aggregate)" tokens_per_s \
                 ">= 10x" \
                 $PEER decode --config "$BASE" --weights "$WORK/trained.safetensors" \
                     --sessions "$S" --tokens "$DTOK" --threads $THREADS --json -- \
-                "$OURS" bench decode --checkpoint "$WORK/ours_run" --data "$DATA" \
+                "$OURS" bench decode --checkpoint "$RUN5" --data "$DATA" \
                     --sessions "$S" --tokens "$DTOK" --json
         done
     else
