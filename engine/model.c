@@ -195,7 +195,7 @@ struct dg_model_s {
     uint64_t    seed;               /* dropout seed of the last forward */
     float      *host_loss;          /* (R) */
     int64_t    *pos0;               /* (B) start positions, all 0 for training blocks */
-    uint64_t    pver;               /* bumped whenever the parameters change (copies follow it) */
+    uint64_t    pver;               /* >= 1, bumped whenever the parameters change (copies follow it) */
 };
 
 #define RC(x) do { int rc__ = (x); if (rc__) return rc__; } while (0)
@@ -207,6 +207,7 @@ int dg_model_create(dg_backend_t *be, const dg_model_config *c, dg_model_t **out
     dg_model_t *m = dg_calloc(1, sizeof *m);
     m->be = be;
     m->cfg = *c;
+    m->pver = 1;
     m->n_params = dg_model_param_layout(c, m->info);
     dg_model_gammas(c, m->gamma);
     rc = dg_buf_alloc(be, (size_t)m->n_params * 4, &m->params_buf);
@@ -949,7 +950,7 @@ static void lay_out_infer(dg_infer_t *ix, bump *A) {
  * (dg_model_set_params, a training step). Host scratch from dg_infer_create: no allocation. */
 static int wt_refresh(dg_infer_t *ix) {
     dg_model_t *m = ix->m;
-    if (ix->wt_ver == m->pver + 1) return 0;
+    if (ix->wt_ver == m->pver) return 0;
     const dg_model_config *c = &m->cfg;
     int64_t D = c->n_embd, H = c->n_head, N = dg_model_latent(c);
     dg_tensor ev = dg_model_param(m, DG_P_ENCODER_V);
@@ -960,8 +961,14 @@ static int wt_refresh(dg_infer_t *ix) {
             for (int64_t j = 0; j < N; j++) dst[j * D + d] = src[d * N + j];
         RC(dg_set(m->be, dg_t2(ix->wt.buf, ix->wt.offs + (size_t)(h * N * D) * 4, N, D), dst));
     }
-    ix->wt_ver = m->pver + 1;
+    ix->wt_ver = m->pver;
     return 0;
+}
+
+/* A switch set to "0" in the environment (DG_DECODE_GRAPH=0, DG_GATE_PROJ=0). */
+static bool env_off(const char *name) {
+    const char *e = getenv(name);
+    return e && !strcmp(e, "0");
 }
 
 int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
@@ -970,8 +977,7 @@ int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
     ix->m = m;
     ix->max_B = max_B;
     ix->max_T = max_T;
-    const char *gpe = getenv("DG_GATE_PROJ");
-    ix->gp = dg_has_gate_proj(m->be) && !(gpe && !strcmp(gpe, "0"));
+    ix->gp = dg_has_gate_proj(m->be) && !env_off("DG_GATE_PROJ");
     bump A = {0};
     lay_out_infer(ix, &A);
     int rc = dg_buf_alloc(m->be, A.off, &ix->buf);
@@ -983,8 +989,7 @@ int dg_infer_create(dg_model_t *m, int max_B, int max_T, dg_infer_t **out) {
     ix->scale = dg_calloc((size_t)max_B * m->cfg.n_head, sizeof *ix->scale);
     ix->gin_host = dg_calloc((size_t)2 * max_B, sizeof *ix->gin_host);
     ix->g_rho = dg_calloc((size_t)max_B, sizeof *ix->g_rho);
-    const char *ge = getenv("DG_DECODE_GRAPH");
-    ix->g_off = !dg_has_graphs(m->be) || (ge && !strcmp(ge, "0"));
+    ix->g_off = !dg_has_graphs(m->be) || env_off("DG_DECODE_GRAPH");
     if (ix->gp) {
         const dg_model_config *c = &m->cfg;
         ix->wt_host = dg_try_malloc((size_t)2 * c->n_embd * dg_model_latent(c) * sizeof(float));

@@ -33,6 +33,7 @@
 #define EX_INT 130
 
 static volatile sig_atomic_t g_interrupted;
+static void on_sigint(int sig) { (void)sig; g_interrupted = 1; }
 
 /* Unix time with its fraction, for metrics.jsonl. */
 static double unix_now(void) {
@@ -40,7 +41,6 @@ static double unix_now(void) {
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
-static void on_sigint(int sig) { (void)sig; g_interrupted = 1; }
 
 // ------------------------------------------------------------------------------------------
 // small helpers
